@@ -1,0 +1,106 @@
+# ---------------------------------------------------------------- figures, tagged for the HTML report
+
+
+rule figure_free_energy_surfaces:
+    input:
+        fes="results/{system}/analysis/fes_xy.nc",
+    output:
+        report(
+            "results/{system}/figures/free_energy_surfaces.png",
+            caption="../report/free_energy_surfaces.rst",
+            category="{system}",
+            subcategory="free energies",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_free_energy_surfaces.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_free_energy_surfaces.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_free_energy_surfaces.py"
+
+
+rule figure_free_energy_profiles:
+    input:
+        fes_x="results/{system}/analysis/fes_x.nc",
+        fes_y="results/{system}/analysis/fes_y.nc",
+    output:
+        report(
+            "results/{system}/figures/free_energy_profiles.png",
+            caption="../report/free_energy_profiles.rst",
+            category="{system}",
+            subcategory="free energies",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_free_energy_profiles.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_free_energy_profiles.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_free_energy_profiles.py"
+
+
+rule figure_log_weights:
+    input:
+        samples="results/{system}/samples/flow.nc",
+    output:
+        report(
+            "results/{system}/figures/log_weights.png",
+            caption="../report/log_weights.rst",
+            category="{system}",
+            subcategory="diagnostics",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_log_weights.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_log_weights.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_log_weights.py"
+
+
+rule figure_training:
+    input:
+        curves="results/{system}/models/flow_training.nc",
+    output:
+        report(
+            "results/{system}/figures/training.png",
+            caption="../report/training.rst",
+            category="{system}",
+            subcategory="diagnostics",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_training.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_training.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_training.py"

@@ -1,0 +1,146 @@
+"""Validation of the workflow configuration, before any job runs.
+
+Two passes, both raising :class:`ConfigError` with a one-line message that names the key:
+
+1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
+   defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do);
+2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
+   temperatures are positive and distinct, states lie inside the bounds and do not overlap.
+
+This module imports no heavy dependency (no torch, no OpenMM) because the Snakefile imports it
+in the Snakemake process itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from boltzflow.expression import ExpressionError, parse_expression
+
+TOY_CVS = ("x", "y")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line and names the key."""
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<config>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line for a schema violation: the key path and what was expected."""
+    where = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        return f"{where}: {error.message} (check the spelling against config/schema.yaml)"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    expected = error.schema.get("description") if isinstance(error.schema, dict) else None
+    detail = error.message.replace("\n", " ")
+    if expected and error.validator in {"type", "enum", "minimum", "exclusiveMinimum", "maximum",
+                                        "minItems", "maxItems", "pattern", "uniqueItems"}:
+        return f"{where}: {detail}; expected {expected}"
+    return f"{where}: {detail}"
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    """Insert schema defaults in place, descending into properties and additionalProperties."""
+    if "$ref" in schema:
+        schema = _resolve(schema["$ref"], root)
+    if not isinstance(instance, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        resolved = _resolve(sub["$ref"], root) if "$ref" in sub else sub
+        if name not in instance and "default" in resolved:
+            instance[name] = copy.deepcopy(resolved["default"])
+        if name in instance:
+            _fill_defaults(instance[name], resolved, root)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        known = set(schema.get("properties", {}))
+        for name, value in instance.items():
+            if name not in known:
+                _fill_defaults(value, extra, root)
+
+
+def _resolve(ref: str, root: dict) -> dict:
+    if not ref.startswith("#/"):
+        raise ConfigError(f"schema: only local $ref are supported, got {ref!r}")
+    node = root
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def validate_config(config: dict, schema: dict) -> dict:
+    """Fill defaults and validate; return the config (modified in place) or raise ConfigError."""
+    _fill_defaults(config, schema, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_describe(best))
+    for name, system in config["systems"].items():
+        _check_system(name, system)
+    return config
+
+
+def _check_system(name: str, system: dict) -> None:
+    key = f"systems.{name}"
+    try:
+        parse_expression(system["energy"], TOY_CVS)
+    except ExpressionError as error:
+        raise ConfigError(f"{key}.energy: {error}") from None
+
+    temperatures = system["temperatures"]
+    if len(set(temperatures)) != len(temperatures):
+        raise ConfigError(f"{key}.temperatures: values must be distinct, got {temperatures}")
+
+    bounds = system.get("bounds")
+    if bounds:
+        for cv, (lo, hi) in bounds.items():
+            if not lo < hi:
+                raise ConfigError(f"{key}.bounds.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")
+
+    boxes = {}
+    for state, box in system["states"].items():
+        boxes[state] = _state_box(f"{key}.states.{state}", box)
+        if bounds:
+            for cv, (lo, hi) in boxes[state].items():
+                blo, bhi = bounds.get(cv, (-math.inf, math.inf))
+                if lo < blo or hi > bhi:
+                    raise ConfigError(
+                        f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
+                        f"bounds.{cv} = {[blo, bhi]}")
+    names = list(boxes)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _boxes_overlap(boxes[first], boxes[second]):
+                raise ConfigError(f"{key}.states: {first} and {second} overlap; states must be disjoint")
+
+
+def _state_box(key: str, box: dict) -> dict[str, tuple[float, float]]:
+    """Complete a state box: a missing CV is unbounded. Intervals are half-open [lo, hi)."""
+    full = {}
+    for cv in TOY_CVS:
+        lo, hi = box.get(cv, (-math.inf, math.inf))
+        if not lo < hi:
+            raise ConfigError(f"{key}.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")
+        full[cv] = (float(lo), float(hi))
+    return full
+
+
+def _boxes_overlap(a: dict, b: dict) -> bool:
+    # Half-open intervals [lo, hi) overlap iff each starts before the other ends.
+    return all(a[cv][0] < b[cv][1] and b[cv][0] < a[cv][1] for cv in a)

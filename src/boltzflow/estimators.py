@@ -1,0 +1,156 @@
+"""Free-energy estimators: MBAR over the MD temperature ladder, and importance reweighting of model samples.
+
+Conventions (as pymbar 4): ``u_kn[k, n]`` is the reduced potential E(x_n) / kT_k of sample n at temperature
+k; reduced free energies f = -ln Z are dimensionless. State free energies ΔF_s = -ln(P_s / P_ref) are in kT
+at the target temperature, relative to the first (reference) state. Free-energy profiles are
+F(bin) = -ln(p(bin) / width(bin)), i.e. minus the log of a normalized probability density, so profiles of
+different estimators are comparable without any shift.
+
+Importance weights of model samples are log w = -u(x) - log q(x). Samples whose energy or model density is
+not finite get weight zero (log w = -inf): they are counted, never propagated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+from boltzflow.systems import StateBox
+
+# Reduced potential used for "outside this state" in MBAR's perturbed free energies: large enough that
+# exp(-u) underflows to exactly 0, finite so that pymbar's uncertainty algebra stays free of inf - inf.
+_OUTSIDE = 1e6
+
+
+# ---------------------------------------------------------------- MBAR reference
+
+
+def build_mbar(u_kn: np.ndarray, n_k: np.ndarray):
+    """Solve MBAR; returns the pymbar.MBAR object."""
+    from pymbar import MBAR
+
+    return MBAR(u_kn, n_k, solver_protocol="robust")
+
+
+def mbar_ladder_free_energies(mbar) -> tuple[np.ndarray, np.ndarray]:
+    """Reduced free energies f_k - f_0 of each temperature and their standard errors."""
+    result = mbar.compute_free_energy_differences()
+    return result["Delta_f"][0], result["dDelta_f"][0]
+
+
+def _restrict(u_target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, u_target, u_target + _OUTSIDE)
+
+
+def _perturbed_free_energies(mbar, u_reference, u_target, masks: list[np.ndarray]):
+    """-ln(Z_region / Z_reference) at the target for each region, with MBAR's standard errors.
+
+    Covariances between the reference and each region are included (pymbar's perturbed free
+    energies). A region that no sample visits gets +inf and an error of NaN.
+    """
+    visited = np.array([mask.any() for mask in masks])
+    rows = [u_reference] + [_restrict(u_target, mask) for mask, seen in zip(masks, visited) if seen]
+    result = mbar.compute_perturbed_free_energies(np.vstack(rows))
+    free = np.full(len(masks), np.inf)
+    error = np.full(len(masks), np.nan)
+    free[visited] = result["Delta_f"][0, 1:]
+    error[visited] = result["dDelta_f"][0, 1:]
+    return free, error
+
+
+def mbar_state_delta_f(mbar, u_target, cvs: dict[str, np.ndarray], states: tuple[StateBox, ...]):
+    """ΔF of each state relative to the first, in kT, with MBAR's standard errors."""
+    masks = [state.contains(cvs) for state in states]
+    if not masks[0].any():
+        return np.full(len(states), np.nan), np.full(len(states), np.nan)
+    return _perturbed_free_energies(mbar, _restrict(u_target, masks[0]), u_target, masks)
+
+
+def mbar_profile(mbar, u_target, values: np.ndarray, edges: np.ndarray):
+    """Free-energy profile F(bin) = -ln(p / width) in kT along one CV, with standard errors."""
+    index = np.digitize(values, edges) - 1
+    masks = [index == b for b in range(len(edges) - 1)]
+    free, error = _perturbed_free_energies(mbar, u_target, u_target, masks)
+    profile = free + np.log(np.diff(edges))
+    profile[~np.isfinite(profile)] = np.nan
+    return profile, error
+
+
+# ---------------------------------------------------------------- importance reweighting
+
+
+def log_weights(reduced_energy: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, int]:
+    """log w = -u - log q, with -inf for non-finite samples; returns (log_w, number of such samples)."""
+    log_w = -np.asarray(reduced_energy, dtype=float) - np.asarray(log_q, dtype=float)
+    bad = ~np.isfinite(log_w)
+    log_w[bad] = -np.inf
+    return log_w, int(bad.sum())
+
+
+def ess_fraction(log_w: np.ndarray) -> float:
+    """Kish effective sample size over the number of samples: (Σw)² / (N Σw²), in (0, 1]."""
+    log_w = np.asarray(log_w, dtype=float)
+    return float(np.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w)) / log_w.shape[-1])
+
+
+def log_partition_function(log_w: np.ndarray) -> float:
+    """ln Z = ln mean(w) for log w = -u - log q: Z = ∫ exp(-u) dx in the units of x (nm² for toys)."""
+    return float(logsumexp(log_w) - np.log(len(log_w)))
+
+
+def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[StateBox, ...]):
+    """ΔF_s = -ln(P_s / P_ref) from weighted samples, in kT; +inf for a state with no weight."""
+    log_p = np.array([logsumexp(np.where(state.contains(cvs), log_w, -np.inf)) for state in states])
+    with np.errstate(invalid="ignore"):
+        return -(log_p - log_p[0])
+
+
+def weighted_profile(values: np.ndarray, log_w: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """F(bin) = -ln(p / width) in kT from weighted samples (p normalized over all samples); NaN if empty."""
+    weights = np.exp(log_w - logsumexp(log_w))
+    probability, _ = np.histogram(values, bins=edges, weights=weights)
+    with np.errstate(divide="ignore"):
+        profile = -np.log(probability / np.diff(edges))
+    profile[~np.isfinite(profile)] = np.nan
+    return profile
+
+
+def weighted_surface(x: np.ndarray, y: np.ndarray, log_w: np.ndarray, x_edges, y_edges) -> np.ndarray:
+    """2D F(x_bin, y_bin) = -ln(p / area) in kT; NaN where no weight falls."""
+    weights = np.exp(log_w - logsumexp(log_w))
+    probability, _, _ = np.histogram2d(x, y, bins=[x_edges, y_edges], weights=weights)
+    area = np.outer(np.diff(x_edges), np.diff(y_edges))
+    with np.errstate(divide="ignore"):
+        surface = -np.log(probability / area)
+    surface[~np.isfinite(surface)] = np.nan
+    return surface
+
+
+@dataclass
+class BootstrapResult:
+    estimate: np.ndarray
+    standard_error: np.ndarray
+
+
+def bootstrap(statistic, log_w: np.ndarray, replicates: int, seed: int) -> BootstrapResult:
+    """Point estimate and bootstrap standard error of ``statistic(log_w)``.
+
+    Each replicate resamples the N samples with replacement; it is expressed as multiplicity weights
+    (log w + ln count), so ``statistic`` sees the original sample order and only needs log-weights.
+    Non-finite replicate values are ignored in the standard error.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(log_w)
+    estimate = np.asarray(statistic(log_w), dtype=float)
+    values = []
+    for _ in range(replicates):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n))
+        with np.errstate(divide="ignore"):
+            values.append(np.asarray(statistic(log_w + np.log(counts)), dtype=float))
+    values = np.array(values)
+    values[~np.isfinite(values)] = np.nan
+    with np.errstate(invalid="ignore"):
+        error = np.nanstd(values, axis=0, ddof=1) if replicates > 1 else np.full_like(estimate, np.nan)
+    return BootstrapResult(estimate, error)

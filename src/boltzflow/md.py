@@ -1,0 +1,164 @@
+"""Langevin molecular dynamics with OpenMM: many independent walkers of a toy system at one temperature.
+
+All walkers are non-interacting particles of one OpenMM System, so one ``integrator.step`` call advances
+all of them; positions are read back only every ``report_interval`` steps, which keeps the overhead over
+raw integration small (see benchmarks/md_throughput.py).
+
+Equilibration is discarded twice: a fixed number of steps before anything is recorded, then the transient
+that ``pymbar.timeseries.detect_equilibration`` finds in the walker-averaged observables. Frames are then
+subsampled by the largest statistical inefficiency among the walker-averaged energy, x and y, so that the
+samples kept are effectively independent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from boltzflow.systems import Toy2DSystem
+
+
+@dataclass(frozen=True)
+class LangevinSettings:
+    """MD settings; units in the names. ``seed`` must be a positive int (OpenMM treats 0 as 'random')."""
+
+    walkers: int = 256
+    steps: int = 20000
+    equilibration_steps: int = 2000
+    report_interval: int = 50
+    timestep_fs: float = 10.0
+    friction_per_ps: float = 1.0
+    mass_amu: float = 1.0
+    z_spring_kj_mol_nm2: float = 1000.0
+    platform: str = "Reference"
+    seed: int = 1
+
+    @classmethod
+    def from_config(cls, md_config: dict) -> "LangevinSettings":
+        return cls(**{name: md_config[name] for name in cls.__dataclass_fields__ if name in md_config})
+
+
+@dataclass
+class Trajectory:
+    """Positions of every walker at each reported frame (after the fixed equilibration)."""
+
+    positions_nm: np.ndarray  # [frame, walker, 2] x-y positions
+    time_ps: np.ndarray  # [frame]
+    temperature_k: float
+    wall_seconds: float
+
+
+def integrator_seed(seed: int, temperature_k: float) -> int:
+    """A positive 31-bit seed per temperature, derived from the run seed (0 would mean 'random' in OpenMM).
+
+    It depends on the temperature's value, not its place in the ladder, so adding a temperature to the
+    ladder leaves the runs at the others unchanged.
+    """
+    entropy = [seed, int(round(temperature_k * 1000))]
+    value = int(np.random.SeedSequence(entropy).generate_state(1)[0]) & 0x7FFFFFFF
+    return value or 1
+
+
+def initial_positions(system: Toy2DSystem, walkers: int, rng: np.random.Generator) -> np.ndarray:
+    """Walkers start uniformly in the bounds box (or the box spanned by the finite state limits)."""
+    box = system.bounds or _state_hull(system)
+    low = np.array([box[cv][0] for cv in system.cvs])
+    high = np.array([box[cv][1] for cv in system.cvs])
+    xy = rng.uniform(low, high, size=(walkers, 2))
+    return np.column_stack([xy, np.zeros(walkers)])
+
+
+def _state_hull(system: Toy2DSystem) -> dict[str, tuple[float, float]]:
+    hull = {}
+    for cv in system.cvs:
+        limits = [v for state in system.states for v in state.intervals[cv] if np.isfinite(v)]
+        hull[cv] = (min(limits), max(limits)) if len(limits) >= 2 and min(limits) < max(limits) else (-1.0, 1.0)
+    return hull
+
+
+def make_simulation(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings,
+                    seed: int):
+    """An OpenMM Context with the walkers placed and velocities drawn; returns (context, integrator)."""
+    import openmm
+    from openmm import unit
+
+    omm_system = system.openmm_system(settings.walkers, settings.mass_amu, settings.z_spring_kj_mol_nm2)
+    integrator = openmm.LangevinMiddleIntegrator(
+        temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond,
+        settings.timestep_fs * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed)
+    platform = openmm.Platform.getPlatformByName(settings.platform)
+    context = openmm.Context(omm_system, integrator, platform)
+    rng = np.random.default_rng(seed)
+    context.setPositions(initial_positions(system, settings.walkers, rng) * unit.nanometer)
+    context.setVelocitiesToTemperature(temperature_k * unit.kelvin, seed)
+    return context, integrator
+
+
+def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings,
+                 log=print) -> Trajectory:
+    """Run equilibration then production; record x-y of all walkers every ``report_interval`` steps."""
+    seed = integrator_seed(settings.seed, temperature_k)
+    context, integrator = make_simulation(system, temperature_k, settings, seed)
+    log(f"MD {system.name} at {temperature_k:g} K: {settings.walkers} walkers, "
+        f"{settings.equilibration_steps} + {settings.steps} steps of {settings.timestep_fs:g} fs, "
+        f"platform {context.getPlatform().getName()}, seed {seed}")
+
+    start = time.perf_counter()
+    integrator.step(settings.equilibration_steps)
+    n_frames = settings.steps // settings.report_interval
+    positions = np.empty((n_frames, settings.walkers, 2))
+    progress_every = max(1, n_frames // 10)
+    for frame in range(n_frames):
+        integrator.step(settings.report_interval)
+        state = context.getState(getPositions=True)
+        positions[frame] = state.getPositions(asNumpy=True)._value[:, :2]
+        if (frame + 1) % progress_every == 0 or frame + 1 == n_frames:
+            elapsed = time.perf_counter() - start
+            done = settings.equilibration_steps + (frame + 1) * settings.report_interval
+            total = settings.equilibration_steps + n_frames * settings.report_interval
+            log(f"  step {done}/{total}  {done / elapsed:,.0f} steps/s  "
+                f"ETA {elapsed * (total - done) / done:.1f} s")
+    wall = time.perf_counter() - start
+    dt_ps = settings.timestep_fs * 1e-3
+    time_ps = (settings.equilibration_steps + settings.report_interval * np.arange(1, n_frames + 1)) * dt_ps
+    return Trajectory(positions, time_ps, temperature_k, wall)
+
+
+@dataclass
+class Decorrelated:
+    """Effectively independent samples pooled over walkers, with how they were chosen."""
+
+    positions_nm: np.ndarray  # [sample, 2]
+    energy_kj_mol: np.ndarray  # [sample]
+    walker: np.ndarray  # [sample]
+    time_ps: np.ndarray  # [sample]
+    equilibration_frames: int
+    statistical_inefficiency: float
+
+
+def decorrelate(system: Toy2DSystem, trajectory: Trajectory) -> Decorrelated:
+    """Discard the detected transient and subsample by the statistical inefficiency (pymbar.timeseries)."""
+    from pymbar import timeseries
+
+    frames, walkers, _ = trajectory.positions_nm.shape
+    energy = system.energy_kj_mol(trajectory.positions_nm.reshape(-1, 2)).reshape(frames, walkers)
+    # Independent walkers share one autocorrelation function, so the walker average has the same
+    # statistical inefficiency as each walker with far less noise; x and y are included because
+    # state populations (barrier crossings) can decorrelate more slowly than the energy.
+    observables = [energy.mean(axis=1), *trajectory.positions_nm.mean(axis=1).T]
+    nskip = max(1, frames // 200)  # detect_equilibration is quadratic in the series length
+    t0 = max(timeseries.detect_equilibration(obs, nskip=nskip)[0] for obs in observables)
+    inefficiency = max(timeseries.statistical_inefficiency(obs[t0:]) for obs in observables)
+    stride = max(1, int(np.ceil(inefficiency)))
+    kept = np.arange(t0, frames, stride)
+    return Decorrelated(
+        positions_nm=trajectory.positions_nm[kept].reshape(-1, 2),
+        energy_kj_mol=energy[kept].reshape(-1),
+        walker=np.tile(np.arange(walkers), len(kept)),
+        time_ps=np.repeat(trajectory.time_ps[kept], walkers),
+        equilibration_frames=int(t0),
+        statistical_inefficiency=float(inefficiency),
+    )

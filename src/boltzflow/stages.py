@@ -1,0 +1,322 @@
+"""One function per workflow stage: arrays and settings in, labelled xarray Datasets out.
+
+The Snakemake scripts are thin adapters around these functions (read inputs, call, write outputs), so each
+stage can also be run and tested without Snakemake. Variable names and units here are the output contract
+documented in the README.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from boltzflow import estimators
+from boltzflow.md import LangevinSettings, decorrelate, run_langevin
+from boltzflow.systems import Toy2DSystem, kt_kj_mol
+
+
+def _var(dims, data, units: str, long_name: str):
+    return (dims, np.asarray(data), {"units": units, "long_name": long_name})
+
+
+# ---------------------------------------------------------------- MD
+
+
+def md_stage(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings, log=print):
+    """Langevin MD at one temperature of the ladder → decorrelated samples with their energies."""
+    trajectory = run_langevin(system, temperature_k, settings, log=log)
+    samples = decorrelate(system, trajectory)
+    log(f"kept {len(samples.energy_kj_mol)} samples: discarded {samples.equilibration_frames} "
+        f"transient frames, statistical inefficiency {samples.statistical_inefficiency:.1f} frames")
+    total_steps = settings.walkers * (settings.equilibration_steps + settings.steps)
+    ns_per_day = total_steps * settings.timestep_fs * 1e-6 / trajectory.wall_seconds * 86400
+    return xr.Dataset(
+        {
+            "positions": _var(("sample", "cv"), samples.positions_nm, "nm", "walker position"),
+            "energy": _var("sample", samples.energy_kj_mol, "kJ/mol", "potential energy E(x, y)"),
+            "walker": _var("sample", samples.walker, "1", "walker index"),
+            "time": _var("sample", samples.time_ps, "ps", "simulation time of the sample"),
+        },
+        coords={"cv": list(system.cvs)},
+        attrs={
+            "temperature_k": trajectory.temperature_k,
+            "equilibration_frames": samples.equilibration_frames,
+            "statistical_inefficiency_frames": samples.statistical_inefficiency,
+            "md_wall_seconds": trajectory.wall_seconds,
+            "md_ns_per_day_all_walkers": ns_per_day,
+        },
+    )
+
+
+# ---------------------------------------------------------------- MBAR reference
+
+
+def grid_edges(system: Toy2DSystem, positions: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """Histogram edges per CV: the configured bounds, else the sampled range of the target-temperature MD."""
+    edges = {}
+    for i, cv in enumerate(system.cvs):
+        if system.bounds and cv in system.bounds:
+            lo, hi = system.bounds[cv]
+        else:
+            lo, hi = np.quantile(positions[:, i], [0.0005, 0.9995])
+            margin = 0.05 * (hi - lo)
+            lo, hi = lo - margin, hi + margin
+        edges[cv] = np.linspace(lo, hi, bins + 1)
+    return edges
+
+
+def mbar_stage(system: Toy2DSystem, md: list[xr.Dataset], bins: int, log=print):
+    """MBAR over the ladder → (ladder free energies, reference observables at the target temperature)."""
+    energies = [ds["energy"].values for ds in md]
+    positions = np.concatenate([ds["positions"].values for ds in md])
+    pooled = np.concatenate(energies)
+    temperatures = np.array(system.temperatures_k)
+    u_kn = pooled[None, :] / kt_kj_mol(temperatures)[:, None]
+    n_k = np.array([len(e) for e in energies])
+    log(f"MBAR on {n_k.sum()} samples over {len(n_k)} temperatures: N_k = {n_k.tolist()}")
+    mbar = estimators.build_mbar(u_kn, n_k)
+    f, df = estimators.mbar_ladder_free_energies(mbar)
+    ladder = xr.Dataset(
+        {"f": _var("temperature", f, "1", "reduced free energy -ln Z relative to the first temperature"),
+         "df": _var("temperature", df, "1", "standard error of f")},
+        coords={"temperature": ("temperature", temperatures, {"units": "K", "long_name": "temperature"})},
+    )
+
+    u_target = u_kn[0]
+    cvs = system.cv_values(positions)
+    delta_f, delta_f_err = estimators.mbar_state_delta_f(mbar, u_target, cvs, system.states)
+    log("MBAR ΔF at target: " + ", ".join(
+        f"{s.name} {v:.3f} ± {e:.3f} kT" for s, v, e in zip(system.states, delta_f, delta_f_err)))
+    edges = grid_edges(system, md[0]["positions"].values, bins)
+    observables = xr.Dataset(
+        {"delta_f": _var("state", delta_f, "kT", "state free energy relative to the first state"),
+         "delta_f_err": _var("state", delta_f_err, "kT", "standard error of delta_f")},
+        coords=_grid_coords(system, edges),
+    )
+    for cv in system.cvs:
+        profile, error = estimators.mbar_profile(mbar, u_target, cvs[cv], edges[cv])
+        observables[f"F_{cv}"] = _var(cv, profile, "kT", f"free-energy profile along {cv}")
+        observables[f"dF_{cv}"] = _var(cv, error, "kT", f"standard error of F_{cv}")
+    log_w_target = np.log(mbar.weights()[:, 0])
+    surface = estimators.weighted_surface(cvs["x"], cvs["y"], log_w_target, edges["x"], edges["y"])
+    observables["F_xy"] = _var(("x", "y"), surface, "kT", "free-energy surface -ln p(x, y)")
+    observables.attrs["n_samples"] = int(n_k.sum())
+    return ladder, observables
+
+
+def _grid_coords(system: Toy2DSystem, edges: dict[str, np.ndarray]) -> dict:
+    """Coordinates shared by every estimate: state names, bin centres and bin edges per CV."""
+    coords = {"state": [s.name for s in system.states]}
+    for cv, cv_edges in edges.items():
+        coords[cv] = (cv, 0.5 * (cv_edges[1:] + cv_edges[:-1]), {"units": "nm", "long_name": f"{cv} bin centre"})
+        coords[f"{cv}_edges"] = (f"{cv}_edge", cv_edges, {"units": "nm", "long_name": f"{cv} bin edges"})
+    return coords
+
+
+def edges_from(observables: xr.Dataset, cv: str) -> np.ndarray:
+    return observables[f"{cv}_edges"].values
+
+
+# ---------------------------------------------------------------- flow
+
+
+FLOW_ARCHITECTURE = ("n_layers", "hidden", "n_hidden_layers", "n_bins", "tail_bound")
+
+
+def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=print):
+    """Train a spline coupling flow on the target-temperature MD samples → (model, curves).
+
+    The flow standardizes by the data mean and standard deviation; the reverse-KL term uses the reduced
+    energy at the target temperature and is on only when ``energy_weight > 0``.
+    """
+    import torch
+
+    from boltzflow.flows import SplineCouplingFlow
+    from boltzflow.training import train_flow
+
+    torch.manual_seed(settings["seed"])
+    data = torch.as_tensor(target_md["positions"].values, dtype=torch.float32)
+    model = SplineCouplingFlow(
+        dim=system.dim, loc=data.mean(0), scale=data.std(0),
+        **{key: settings[key] for key in FLOW_ARCHITECTURE})
+    log(f"training flow on {len(data)} MD samples at {system.target_temperature_k:g} K: "
+        f"{sum(p.numel() for p in model.parameters())} parameters")
+
+    def reduced_energy(x):
+        return system.reduced_energy(x.double()).to(x.dtype)
+
+    curves = train_flow(
+        model, data, reduced_energy=reduced_energy if settings["energy_weight"] > 0 else None,
+        steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
+        energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
+        seed=settings["seed"], log=log)
+    return model, curves
+
+
+def save_flow(model, path) -> None:
+    """Architecture and weights in one file, readable with ``torch.load(weights_only=True)``."""
+    import torch
+
+    from boltzflow.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        torch.save({"config": model.config, "state_dict": model.state_dict()}, temporary)
+
+
+def load_flow(path):
+    import torch
+
+    from boltzflow.flows import SplineCouplingFlow
+
+    saved = torch.load(path, weights_only=True)
+    model = SplineCouplingFlow(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def sample_stage(system: Toy2DSystem, model, settings: dict, log=print) -> xr.Dataset:
+    """Draw flow samples and their reduced energies at the target temperature."""
+    from boltzflow.samplers import sample_flow
+
+    x, log_q, u = sample_flow(model, system.reduced_energy, settings["n_samples"], settings["seed"],
+                              settings["batch_size"], log=log)
+    return samples_dataset(system, x, log_q, u)
+
+
+def curves_dataset(curves: dict) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "train_nll": _var("step", curves["train_nll"], "1", "training negative log-likelihood per sample"),
+            "validation_nll": _var("step", curves["validation_nll"], "1",
+                                   "validation negative log-likelihood per sample"),
+            "reverse_kl": _var("step", curves["reverse_kl"], "1",
+                               "reverse KL term E_q[u + ln q] (up to ln Z; NaN if unused)"),
+            "learning_rate": _var("step", curves["learning_rate"], "1", "learning rate"),
+        },
+        coords={"step": ("step", curves["step"], {"units": "1", "long_name": "optimizer step"})},
+    )
+
+
+def samples_dataset(system: Toy2DSystem, x, log_q, u) -> xr.Dataset:
+    log_w, n_nonfinite = estimators.log_weights(u, log_q)
+    return xr.Dataset(
+        {
+            "positions": _var(("sample", "cv"), x, "nm", "model sample"),
+            "log_q": _var("sample", log_q, "1", "model log-density ln q(x) (x in nm)"),
+            "reduced_energy": _var("sample", u, "1", "reduced energy u = E / kT at the target temperature"),
+            "log_w": _var("sample", log_w, "1", "log importance weight -u - ln q (-inf: non-finite, dropped)"),
+        },
+        coords={"cv": list(system.cvs)},
+        attrs={"n_nonfinite": n_nonfinite, "temperature_k": system.target_temperature_k},
+    )
+
+
+# ---------------------------------------------------------------- reweighting
+
+
+def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dataset,
+                   estimator: str, replicates: int, seed: int, log=print) -> xr.Dataset:
+    """Importance-reweighted estimates from model samples, plus the unweighted model as ``{estimator}_raw``.
+
+    ΔF, profiles and ln Z carry bootstrap standard errors over ``replicates`` resamples.
+    """
+    positions = samples["positions"].values
+    cvs = system.cv_values(positions)
+    log_w = samples["log_w"].values
+    n = len(log_w)
+    n_dropped = int(samples.attrs["n_nonfinite"])
+    if n_dropped:
+        log(f"dropped {n_dropped} of {n} samples with non-finite energy or density (zero weight)")
+    edges = {cv: edges_from(observables, cv) for cv in system.cvs}
+
+    def statistics(lw):
+        parts = [estimators.state_delta_f(lw, cvs, system.states), [estimators.log_partition_function(lw)]]
+        parts += [estimators.weighted_profile(cvs[cv], lw, edges[cv]) for cv in system.cvs]
+        return np.concatenate(parts)
+
+    # The raw model is every sample with equal weight, whatever its energy.
+    raw = np.zeros(n)
+    results = {estimator: estimators.bootstrap(statistics, log_w, replicates, seed),
+               f"{estimator}_raw": estimators.bootstrap(statistics, raw, replicates, seed)}
+    ess = {estimator: estimators.ess_fraction(log_w), f"{estimator}_raw": np.nan}
+    log(f"{estimator}: ESS/N = {ess[estimator]:.4f} over {n} samples")
+
+    names = list(results)
+    n_states = len(system.states)
+    stack = lambda attr: np.stack([getattr(results[e], attr) for e in names])  # noqa: E731
+    values, errors = stack("estimate"), stack("standard_error")
+    log_z = values[:, n_states].copy()
+    log_z_err = errors[:, n_states].copy()
+    log_z[1:], log_z_err[1:] = np.nan, np.nan  # an unweighted model has no ln Z estimate
+    dataset = xr.Dataset(coords={**_grid_coords(system, edges), "estimator": names})
+    dataset["delta_f"] = _var(("estimator", "state"), values[:, :n_states], "kT",
+                              "state free energy relative to the first state")
+    dataset["delta_f_err"] = _var(("estimator", "state"), errors[:, :n_states], "kT",
+                                  "bootstrap standard error of delta_f")
+    dataset["ess_fraction"] = _var("estimator", [ess[e] for e in names], "1", "Kish effective sample size / N")
+    dataset["log_z"] = _var("estimator", log_z, "1", "ln Z = ln ∫ exp(-u) dx dy, x and y in nm")
+    dataset["log_z_err"] = _var("estimator", log_z_err, "1", "bootstrap standard error of log_z")
+    dataset["n_samples"] = _var("estimator", [n] * len(names), "1", "number of model samples")
+    start = n_states + 1
+    for cv in system.cvs:
+        stop = start + len(edges[cv]) - 1
+        dataset[f"F_{cv}"] = _var(("estimator", cv), values[:, start:stop], "kT", f"free-energy profile along {cv}")
+        dataset[f"dF_{cv}"] = _var(("estimator", cv), errors[:, start:stop], "kT", f"bootstrap standard error of F_{cv}")
+        start = stop
+    surfaces = [estimators.weighted_surface(cvs["x"], cvs["y"], lw, edges["x"], edges["y"]) for lw in (log_w, raw)]
+    dataset["F_xy"] = _var(("estimator", "x", "y"), surfaces, "kT", "free-energy surface -ln p(x, y)")
+    dataset.attrs["n_nonfinite"] = n_dropped
+    return dataset
+
+
+# ---------------------------------------------------------------- summary
+
+
+def benchmark_cpu_seconds(paths) -> float:
+    """Sum of CPU seconds over Snakemake benchmark files (falls back to wall seconds if CPU is missing)."""
+    import pandas as pd
+
+    total = 0.0
+    for path in paths:
+        row = pd.read_csv(path, sep="\t").iloc[-1]
+        cpu = float(row.get("cpu_time", np.nan))
+        total += cpu if np.isfinite(cpu) and cpu > 0 else float(row["s"])
+    return total
+
+
+def summary_stage(system: Toy2DSystem, observables: xr.Dataset, estimates: list[xr.Dataset],
+                  cpu_seconds: dict[str, float]):
+    """Combine the MBAR reference and every model estimator → (summary, {cv: fes}, fes_xy)."""
+    reference = observables.expand_dims(estimator=["mbar"])
+    rows = [reference.assign(
+        ess_fraction=_var("estimator", [np.nan], "1", "Kish effective sample size / N"),
+        log_z=_var("estimator", [np.nan], "1", "ln Z = ln ∫ exp(-u) dx dy, x and y in nm"),
+        log_z_err=_var("estimator", [np.nan], "1", "standard error of log_z"),
+        n_samples=_var("estimator", [observables.attrs["n_samples"]], "1", "number of samples used"),
+    )]
+    rows += estimates
+    combined = xr.concat(rows, dim="estimator", data_vars="all", coords="minimal", compat="override",
+                         combine_attrs="drop")
+    names = [str(e) for e in combined["estimator"].values]
+    combined["cpu_seconds"] = _var("estimator", [cpu_seconds.get(e, np.nan) for e in names], "s",
+                                   "CPU seconds of the rules that produced the estimate (benchmark files)")
+    summary_vars = ["delta_f", "delta_f_err", "ess_fraction", "log_z", "log_z_err", "n_samples", "cpu_seconds"]
+    summary = combined[summary_vars].drop_vars([c for c in combined.coords if c not in ("estimator", "state")])
+    summary["delta_f"].attrs["long_name"] = (
+        f"state free energy relative to {system.states[0].name} at {system.target_temperature_k:g} K")
+    fes = {}
+    for cv in system.cvs:
+        fes[cv] = xr.Dataset(
+            {"F": combined[f"F_{cv}"].assign_attrs(units="kT", long_name=f"free-energy profile along {cv}"),
+             "dF": combined[f"dF_{cv}"].assign_attrs(units="kT", long_name="standard error of F")},
+        ).drop_vars([c for c in combined.coords if c not in ("estimator", cv)], errors="ignore")
+    fes_xy = xr.Dataset({"F": combined["F_xy"].assign_attrs(units="kT", long_name="free-energy surface -ln p(x, y)")})
+    fes_xy = fes_xy.drop_vars([c for c in fes_xy.coords if c not in ("estimator", "x", "y")])
+    return summary, fes, fes_xy
+
+
+def summary_table(summary: xr.Dataset):
+    """The summary as a long table: one row per (estimator, state)."""
+    table = summary.to_dataframe().reset_index()
+    return table[["estimator", "state", "delta_f", "delta_f_err", "ess_fraction", "log_z", "log_z_err",
+                  "n_samples", "cpu_seconds"]]

@@ -1,0 +1,86 @@
+"""Bad configuration is rejected before any job runs, in one line that names the key."""
+
+import copy
+
+import pytest
+import yaml
+
+from boltzflow.config import ConfigError, load_schema, validate_config
+from workflow_helpers import ROOT, copy_workflow, snakemake
+
+SCHEMA = load_schema(ROOT / "config/schema.yaml")
+DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+
+
+def _config_with(path: str, value):
+    config = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return config
+
+
+_DELETE = object()
+
+BAD = [
+    ("systems.double_well.temperatures", [], "systems.double_well.temperatures"),
+    ("systems.double_well.temperatures", [300, -5], "systems.double_well.temperatures.1"),
+    ("systems.double_well.temperatures", [300, 300], "must be distinct"),
+    ("systems.double_well.energy", "x^2 + foo(y)", "unknown function 'foo'"),
+    ("systems.double_well.energy", "x^2 + z", "unknown variable 'z'"),
+    ("systems.double_well.energy", "(x^2 + y", "systems.double_well.energy"),
+    ("systems.double_well.energy", "__import__('os')", "systems.double_well.energy"),
+    ("systems.double_well.states.right", {"x": [0.0, 9.0]}, "lies outside bounds.x"),
+    ("systems.double_well.states.right", {"x": [-0.5, 2.0]}, "left and right overlap"),
+    ("systems.double_well.states.right", {"x": [1.0, 0.5]}, "lo < hi"),
+    ("systems.double_well.states.right", {"z": [0.0, 1.0]}, "'z'"),
+    ("systems.double_well.md.walkers", 0, "systems.double_well.md.walkers"),
+    ("systems.double_well.md.platform", "Quantum", "systems.double_well.md.platform"),
+    ("systems.double_well.flow.stepz", 10, "'stepz'"),
+    ("systems.double_well.type", "protein", "systems.double_well.type"),
+    ("systems.double_well.energy", _DELETE, "'energy' is a required property"),
+]
+
+
+@pytest.mark.parametrize("path, value, expected", BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
+def test_bad_config_is_one_clear_line(path, value, expected):
+    with pytest.raises(ConfigError) as error:
+        validate_config(_config_with(path, value), SCHEMA)
+    message = str(error.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_defaults_are_filled_for_every_system():
+    config = validate_config(copy.deepcopy(DEFAULT), SCHEMA)
+    double_well = config["systems"]["double_well"]
+    assert double_well["md"]["report_interval"] == 50  # schema default
+    assert double_well["md"]["walkers"] == 512  # config value kept
+    assert double_well["analysis"]["bootstrap"] == 200
+
+
+def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "bad.yaml").write_text("systems:\n  double_well:\n    energy: 'x^2 + exp(y, x)'\n")
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "invalid config" in line]
+    assert lines == ["boltzflow: invalid config: systems.double_well.energy: "
+                     + lines[0].split("energy: ", 1)[1]]
+    assert "exp" in lines[0]
+    assert not (workdir / "results").exists()
+
+
+def test_missing_config_file_is_one_clear_line(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "no_such.yaml")
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output and "no_such.yaml" in output

@@ -1,0 +1,111 @@
+"""End to end: config/test.yaml through the real Snakemake workflow, checked against 2D quadrature."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from boltzflow.systems import kt_kj_mol, toy_system_from_config
+from workflow_helpers import ROOT, copy_workflow, merged_config, snakemake
+
+pytestmark = pytest.mark.slow
+
+SYSTEMS = ["mueller_brown", "double_well"]
+FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def config():
+    return merged_config(ROOT / "config/config.yaml", ROOT / "config/test.yaml")
+
+
+def quadrature_delta_f(system_config: dict, name: str) -> np.ndarray:
+    """ΔF_s = -ln(P_s / P_ref) in kT at the target temperature by the midpoint rule on a fine grid."""
+    system = toy_system_from_config(name, system_config)
+    h = 0.002
+    x = torch.arange(-3.0, 2.5, h, dtype=torch.float64) + h / 2
+    y = torch.arange(-2.0, 3.5, h, dtype=torch.float64) + h / 2
+    grid = torch.stack(torch.meshgrid(x, y, indexing="ij"), dim=-1)
+    u = system.reduced_energy(grid)
+    u = u - u.min()
+    density = torch.exp(-u).numpy()
+    cvs = {"x": grid[..., 0].numpy().ravel(), "y": grid[..., 1].numpy().ravel()}
+    mass = np.array([density.ravel()[state.contains(cvs)].sum() for state in system.states])
+    # The grid must hold the whole distribution for the probabilities to be right.
+    edge = max(density[0].max(), density[-1].max(), density[:, 0].max(), density[:, -1].max())
+    assert edge < 1e-12 * density.max()
+    return -np.log(mass / mass[0])
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_state_free_energies_match_quadrature(run, config, system):
+    truth = quadrature_delta_f(config["systems"][system], system)
+    summary = xr.open_dataset(run / f"results/{system}/summary.nc")
+    mbar = summary["delta_f"].sel(estimator="mbar").values
+    flow = summary["delta_f"].sel(estimator="flow").values
+    print(system, "quadrature", truth, "mbar", mbar, "flow", flow)
+    assert np.all(np.abs(mbar - truth) < 0.05), (mbar, truth)
+    assert np.all(np.abs(flow - truth) < 0.1), (flow, truth)
+    assert summary["ess_fraction"].sel(estimator="flow") > 0.2
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_output_contract(run, config, system):
+    system_config = config["systems"][system]
+    results = run / "results" / system
+    ladder = xr.open_dataset(results / "analysis/mbar.nc")
+    np.testing.assert_allclose(ladder["temperature"], system_config["temperatures"])
+    assert ladder["temperature"].attrs["units"] == "K"
+    assert ladder["f"].values[0] == 0.0 and np.all(np.isfinite(ladder["df"]))
+
+    summary = xr.open_dataset(results / "summary.nc")
+    estimators = [str(e) for e in summary["estimator"].values]
+    assert estimators[:2] == ["mbar", "flow"]
+    assert [str(s) for s in summary["state"].values] == list(system_config["states"])
+    for name, dims in {"delta_f": ("estimator", "state"), "delta_f_err": ("estimator", "state"),
+                       "ess_fraction": ("estimator",), "n_samples": ("estimator",),
+                       "cpu_seconds": ("estimator",)}.items():
+        assert summary[name].dims == dims
+    assert np.all(summary["delta_f"].isel(state=0) == 0)
+    assert math.isnan(summary["ess_fraction"].sel(estimator="mbar"))
+    assert np.all(summary["cpu_seconds"] > 0)
+    assert summary["delta_f"].attrs["units"] == "kT"
+
+    table = (results / "summary.csv").read_text().splitlines()
+    assert table[0].startswith("estimator,state,delta_f,delta_f_err")
+    assert len(table) == 1 + len(estimators) * len(system_config["states"])
+
+    for cv in ("x", "y"):
+        fes = xr.open_dataset(results / f"analysis/fes_{cv}.nc")
+        assert fes["F"].dims == ("estimator", cv) and fes["dF"].dims == ("estimator", cv)
+        assert fes["F"].attrs["units"] == "kT"
+
+    for path in results.rglob("*.nc"):
+        dataset = xr.open_dataset(path)
+        assert dataset.attrs["boltzflow_version"] and dataset.attrs["config"].startswith("{"), path
+        for name, variable in {**dataset.data_vars, **dataset.coords}.items():
+            if variable.dtype.kind not in "OUS":
+                assert {"units", "long_name"} <= set(variable.attrs), (path, name)
+
+    for figure in FIGURES:
+        png = results / f"figures/{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_a_target_runs_just_its_system(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/test.yaml",
+                       "results/double_well/summary.nc")
+    assert result.returncode == 0, result.stderr
+    assert "double_well" in result.stdout and "mueller_brown" not in result.stdout

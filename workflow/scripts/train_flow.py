@@ -1,0 +1,18 @@
+"""Rule train_flow: fit a spline coupling flow to the target-temperature MD samples."""
+
+from _bootstrap import start
+
+log = start(snakemake)  # noqa: F821
+
+import torch  # noqa: E402
+
+from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
+from boltzflow.stages import curves_dataset, fit_flow, save_flow  # noqa: E402
+from boltzflow.systems import toy_system_from_config  # noqa: E402
+
+torch.set_num_threads(snakemake.threads)  # noqa: F821
+params = {"system": snakemake.params.system, "flow": snakemake.params.flow}  # noqa: F821
+system = toy_system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
+model, curves = fit_flow(system, read_netcdf(snakemake.input.md), params["flow"], log=log)  # noqa: F821
+save_flow(model, snakemake.output.model)  # noqa: F821
+write_netcdf(curves_dataset(curves), snakemake.output.curves, config=params)  # noqa: F821
