@@ -1,0 +1,339 @@
+"""Normalizing flows: coupling flows with rational-quadratic spline couplings.
+
+Implements the "Neural Spline Flow" coupling transform of Durkan et al. (2019), arXiv:1906.04032,
+with linear ("unconstrained") tails, for low-dimensional inputs (dim >= 2).
+
+Conventions used throughout this module:
+
+- ``x`` is data space (the physical coordinates the flow models), ``z`` is base space, where the base
+  distribution is a standard normal N(0, I) in ``dim`` dimensions.
+- ``forward`` is the *generative* direction z -> x and returns log|det dx/dz|;
+  ``inverse`` is the *density* direction x -> z and returns log|det dz/dx|. The two log-determinants
+  of a pair (z, x = forward(z)) are negatives of each other.
+- ``log_prob(x) = log N(z; 0, I) + log|det dz/dx|`` is the log-density in data space.
+- All log-densities and log-determinants are natural logarithms of densities with respect to the
+  Lebesgue measure in the units of ``x``; for the reduced (dimensionless) energies used in boltzflow
+  they are compared with ``-u(x)`` as they are, so ``log w = -u(x) - log q(x)``.
+- Shapes: inputs ``[batch, dim]``, log-densities and log-determinants ``[batch]``.
+
+The flow is, in the generative direction,
+
+    x = loc + scale * (T_L ∘ ... ∘ T_1)(z),
+
+where each T_l is a spline coupling layer that transforms one subset of the coordinates elementwise,
+conditioned on the complementary subset. ``loc`` and ``scale`` are a fixed (non-trained) affine
+standardization, so that the couplings act on roughly unit-scale coordinates, where the spline
+interval [-tail_bound, tail_bound] is meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Lower bounds on the normalized bin widths, bin heights and knot derivatives of the splines.
+#: They keep every bin from collapsing (which would make the inverse ill-conditioned) and keep the
+#: derivative away from 0 (which would make log|det| -> -inf).
+MIN_BIN_WIDTH = 1e-3
+MIN_BIN_HEIGHT = 1e-3
+MIN_DERIVATIVE = 1e-3
+
+# softplus(x + _DERIVATIVE_SHIFT) + MIN_DERIVATIVE == 1 at x == 0, so that a conditioner whose output
+# is all zeros gives uniform bins with unit derivatives, i.e. the identity map.
+_DERIVATIVE_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+
+
+def rational_quadratic_spline(
+    inputs: torch.Tensor,
+    unnormalized_widths: torch.Tensor,
+    unnormalized_heights: torch.Tensor,
+    unnormalized_derivatives: torch.Tensor,
+    *,
+    inverse: bool = False,
+    tail_bound: float = 5.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monotone rational-quadratic spline on [-B, B] with identity (linear) tails outside it.
+
+    Elementwise map of ``inputs`` (any shape ``S``), with parameters of shape ``S + [K]`` for the
+    widths and heights and ``S + [K - 1]`` for the interior knot derivatives (``K`` bins). The
+    derivatives at the two boundary knots are fixed to 1, so the spline joins the identity tails
+    with a continuous first derivative (Durkan et al. 2019, section 3.1 and appendix A).
+
+    Returns ``(outputs, logabsdet)``, both of shape ``S``: for ``inverse=False`` the spline value
+    y = g(x) and log|dg/dx|; for ``inverse=True`` x = g^{-1}(y) and log|dg^{-1}/dy| (i.e. the
+    log-derivative of the direction actually computed). In the tails, outputs = inputs and
+    logabsdet = 0.
+    """
+    bound = float(tail_bound)
+    n_bins = unnormalized_widths.shape[-1]
+    if MIN_BIN_WIDTH * n_bins > 1.0 or MIN_BIN_HEIGHT * n_bins > 1.0:
+        raise ValueError(f"too many bins ({n_bins}) for the minimal bin width/height")
+
+    inside = (inputs >= -bound) & (inputs <= bound)
+    # Evaluate the spline on inputs clamped into the interval and select with torch.where: the
+    # discarded branch is then finite, so it contributes exact zeros (not NaN) to gradients.
+    # Values exactly at +-B are inside and map to +-B (the knots there are pinned below).
+    clamped = inputs.clamp(-bound, bound)
+
+    widths = F.softmax(unnormalized_widths, dim=-1)
+    widths = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * n_bins) * widths
+    cumwidths = _knot_positions(widths, bound)
+    widths = cumwidths[..., 1:] - cumwidths[..., :-1]
+
+    heights = F.softmax(unnormalized_heights, dim=-1)
+    heights = MIN_BIN_HEIGHT + (1.0 - MIN_BIN_HEIGHT * n_bins) * heights
+    cumheights = _knot_positions(heights, bound)
+    heights = cumheights[..., 1:] - cumheights[..., :-1]
+
+    derivatives = MIN_DERIVATIVE + F.softplus(unnormalized_derivatives + _DERIVATIVE_SHIFT)
+    ones = torch.ones_like(derivatives[..., :1])
+    derivatives = torch.cat([ones, derivatives, ones], dim=-1)  # unit slope at both boundaries
+
+    # Bin index = number of interior knots <= input, in [0, K-1]. The clamp guards against NaN
+    # inputs and rounding at the boundary knots, so the gathers below can never go out of range.
+    knots = cumheights if inverse else cumwidths
+    bin_idx = torch.searchsorted(knots[..., 1:-1].contiguous(), clamped[..., None].contiguous(), right=True)
+    bin_idx = bin_idx.clamp(0, n_bins - 1)
+
+    def gather(t):
+        return t.gather(-1, bin_idx)[..., 0]
+
+    x_k = gather(cumwidths)
+    w_k = gather(widths)
+    y_k = gather(cumheights)
+    h_k = gather(heights)
+    d_k = gather(derivatives[..., :-1])
+    d_k1 = gather(derivatives[..., 1:])
+    s_k = h_k / w_k
+    # Common term of the denominator: d_k + d_{k+1} - 2 s_k.
+    curvature = d_k1 + d_k - 2.0 * s_k
+
+    if inverse:
+        # Solve y = y_k + h_k [s θ² + d_k θ(1-θ)] / [s + c θ(1-θ)] for θ: a θ² + b θ + c0 = 0,
+        # using the numerically stable root 2 c0 / (-b - sqrt(b² - 4 a c0)) (appendix A of the paper).
+        dy = clamped - y_k
+        a = h_k * (s_k - d_k) + dy * curvature
+        b = h_k * d_k - dy * curvature
+        c0 = -s_k * dy
+        discriminant = (b.pow(2) - 4.0 * a * c0).clamp_min(0.0)  # >= 0 mathematically; rounding aside
+        theta = (2.0 * c0) / (-b - torch.sqrt(discriminant))
+        theta = theta.clamp(0.0, 1.0)
+        spline_out = x_k + theta * w_k
+    else:
+        theta = ((clamped - x_k) / w_k).clamp(0.0, 1.0)
+        t1mt = theta * (1.0 - theta)
+        numerator = h_k * (s_k * theta.pow(2) + d_k * t1mt)
+        spline_out = y_k + numerator / (s_k + curvature * t1mt)
+
+    # log dg/dx at θ (eq. 5 of the paper); the inverse direction uses its negative.
+    t1mt = theta * (1.0 - theta)
+    denominator = s_k + curvature * t1mt
+    derivative_numerator = s_k.pow(2) * (d_k1 * theta.pow(2) + 2.0 * s_k * t1mt + d_k * (1.0 - theta).pow(2))
+    logabsdet = torch.log(derivative_numerator) - 2.0 * torch.log(denominator)
+    if inverse:
+        logabsdet = -logabsdet
+
+    outputs = torch.where(inside, spline_out, inputs)
+    logabsdet = torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
+    return outputs, logabsdet
+
+
+def _knot_positions(sizes: torch.Tensor, bound: float) -> torch.Tensor:
+    """Cumulative knot positions on [-bound, bound] from normalized bin sizes ``[..., K]`` -> ``[..., K+1]``."""
+    cum = F.pad(torch.cumsum(sizes, dim=-1), (1, 0), value=0.0)
+    cum = 2.0 * bound * cum - bound
+    # Pin the end knots exactly (the cumulative sum can miss 1 by rounding), so that +-B are fixed
+    # points of the spline and the tails join continuously.
+    return torch.cat([torch.full_like(cum[..., :1], -bound), cum[..., 1:-1], torch.full_like(cum[..., :1], bound)], dim=-1)
+
+
+class _SplineCoupling(nn.Module):
+    """One coupling layer: coordinates ``transform_idx`` go through a spline whose parameters are
+    an MLP of coordinates ``condition_idx``; the conditioning coordinates pass through unchanged.
+
+    ``forward`` is the generative direction (base side -> data side) and returns log|det| of that
+    direction; ``inverse`` the opposite.
+    """
+
+    def __init__(self, transform_idx, condition_idx, hidden, n_hidden_layers, n_bins, tail_bound):
+        super().__init__()
+        # Index buffers are saved in the state dict, so a reloaded model uses exactly the same masks.
+        self.register_buffer("transform_idx", torch.as_tensor(transform_idx, dtype=torch.long))
+        self.register_buffer("condition_idx", torch.as_tensor(condition_idx, dtype=torch.long))
+        self.n_bins = n_bins
+        self.tail_bound = tail_bound
+        n_out = len(transform_idx) * (3 * n_bins - 1)  # K widths, K heights, K-1 interior derivatives
+        layers: list[nn.Module] = []
+        width_in = len(condition_idx)
+        for _ in range(n_hidden_layers):
+            layers += [nn.Linear(width_in, hidden), nn.SiLU()]
+            width_in = hidden
+        last = nn.Linear(width_in, n_out)
+        # Zero output -> uniform bins and unit derivatives -> the layer starts as the identity.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.conditioner = nn.Sequential(*layers)
+
+    def _transform(self, inputs, inverse):
+        params = self.conditioner(inputs[:, self.condition_idx])
+        params = params.view(inputs.shape[0], len(self.transform_idx), 3 * self.n_bins - 1)
+        widths = params[..., : self.n_bins]
+        heights = params[..., self.n_bins : 2 * self.n_bins]
+        derivatives = params[..., 2 * self.n_bins :]
+        transformed, logabsdet = rational_quadratic_spline(
+            inputs[:, self.transform_idx], widths, heights, derivatives, inverse=inverse, tail_bound=self.tail_bound
+        )
+        # index_copy is out of place, so autograd sees a clean graph.
+        outputs = inputs.index_copy(1, self.transform_idx, transformed)
+        return outputs, logabsdet.sum(dim=-1)
+
+    def forward(self, inputs):
+        return self._transform(inputs, inverse=False)
+
+    def inverse(self, inputs):
+        return self._transform(inputs, inverse=True)
+
+
+def _coupling_partitions(dim: int, n_layers: int) -> list[tuple[list[int], list[int]]]:
+    """(transform, condition) index lists for each layer.
+
+    Layers come in pairs that transform complementary halves A and B of a coordinate ordering, so
+    every coordinate is transformed once per pair. For dim 2 the ordering is fixed, which gives the
+    strict alternation x0 | x1, x1 | x0, ... For dim > 2 the first pair uses contiguous halves and
+    later pairs use fixed pseudo-random permutations (a private generator, so building a model does
+    not touch the global RNG), so that every coordinate is eventually conditioned on every other.
+    """
+    generator = torch.Generator().manual_seed(20190610)
+    partitions = []
+    half = dim // 2
+    order = list(range(dim))
+    for layer in range(n_layers):
+        if layer % 2 == 0 and layer > 0 and dim > 2:
+            order = torch.randperm(dim, generator=generator).tolist()
+        a, b = sorted(order[:half]), sorted(order[half:])
+        partitions.append((a, b) if layer % 2 == 0 else (b, a))
+    return partitions
+
+
+class SplineCouplingFlow(nn.Module):
+    """Coupling flow with rational-quadratic spline couplings and a standard-normal base.
+
+    Parameters
+    ----------
+    dim:
+        Dimension of x (and z); at least 2.
+    n_layers:
+        Number of coupling layers; at least 2, so that every coordinate is transformed.
+    hidden, n_hidden_layers:
+        Width and number of hidden layers of each conditioner MLP (SiLU activations).
+    n_bins:
+        Number of spline bins K.
+    tail_bound:
+        The splines act on [-tail_bound, tail_bound] in *standardized* coordinates (x - loc) / scale
+        and are the identity outside it.
+    loc, scale:
+        Fixed affine standardization, tensors of shape [dim] (default 0 and 1), in the units of x.
+        Registered as buffers, so they are in the state dict and follow ``.to``/``.double()``.
+
+    The flow is created in the default dtype (float32 normally) and starts as (exactly) the
+    standardization composed with the identity, i.e. q = N(loc, diag(scale²)). It can be converted
+    with ``.double()``. See the module docstring for direction and sign conventions.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int = 8,
+        hidden: int = 64,
+        n_hidden_layers: int = 2,
+        n_bins: int = 8,
+        tail_bound: float = 5.0,
+        loc: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if dim < 2:
+            raise ValueError(f"dim must be >= 2 for a coupling flow, got {dim}")
+        if n_layers < 2:
+            raise ValueError(f"n_layers must be >= 2 so that every coordinate is transformed, got {n_layers}")
+        if n_bins < 1 or hidden < 1 or n_hidden_layers < 1:
+            raise ValueError("n_bins, hidden and n_hidden_layers must be positive")
+        if not tail_bound > 0:
+            raise ValueError(f"tail_bound must be positive, got {tail_bound}")
+        self._config = dict(
+            dim=int(dim),
+            n_layers=int(n_layers),
+            hidden=int(hidden),
+            n_hidden_layers=int(n_hidden_layers),
+            n_bins=int(n_bins),
+            tail_bound=float(tail_bound),
+        )
+        dtype = torch.get_default_dtype()
+        loc = torch.zeros(dim, dtype=dtype) if loc is None else torch.as_tensor(loc, dtype=dtype).detach().clone()
+        scale = torch.ones(dim, dtype=dtype) if scale is None else torch.as_tensor(scale, dtype=dtype).detach().clone()
+        if loc.shape != (dim,) or scale.shape != (dim,):
+            raise ValueError(f"loc and scale must have shape [{dim}], got {tuple(loc.shape)} and {tuple(scale.shape)}")
+        if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("loc must be finite and scale finite and positive")
+        self.register_buffer("loc", loc)
+        self.register_buffer("scale", scale)
+        self.layers = nn.ModuleList(
+            _SplineCoupling(t, c, hidden, n_hidden_layers, n_bins, float(tail_bound))
+            for t, c in _coupling_partitions(dim, n_layers)
+        )
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (ints and floats), so that ``SplineCouplingFlow(**config)`` followed by
+        ``load_state_dict`` rebuilds the model (loc/scale come with the state dict)."""
+        return dict(self._config)
+
+    @property
+    def dim(self) -> int:
+        return self._config["dim"]
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
+        log_det = z.new_zeros(z.shape[0])
+        h = z
+        for layer in self.layers:
+            h, ld = layer(h)
+            log_det = log_det + ld
+        x = self.loc + self.scale * h
+        return x, log_det + torch.log(self.scale).sum()
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
+        h = (x - self.loc) / self.scale
+        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
+        for layer in reversed(self.layers):
+            h, ld = layer.inverse(h)
+            log_det = log_det + ld
+        return h, log_det
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, I), shape [batch]."""
+        return -0.5 * z.pow(2).sum(dim=-1) - 0.5 * self.dim * math.log(2.0 * math.pi)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) = log N(z; 0, I) + log|det dz/dx| with z = inverse(x), shape [batch]."""
+        z, log_det = self.inverse(x)
+        return self.base_log_prob(z) + log_det
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
+
+        The base noise is drawn from ``generator`` (on the generator's device, then moved to the
+        model's), so a seeded generator gives reproducible samples. For reparameterized gradients
+        (reverse KL training) call ``forward`` on base noise instead.
+        """
+        device, dtype = self.loc.device, self.loc.dtype
+        noise_device = generator.device if generator is not None else device
+        z = torch.randn(n, self.dim, generator=generator, device=noise_device, dtype=dtype).to(device)
+        x, log_det = self.forward(z)
+        return x, self.base_log_prob(z) - log_det
