@@ -119,7 +119,8 @@ def _check_system(name: str, system: dict) -> None:
         if bounds:
             for cv, (lo, hi) in boxes[state].items():
                 blo, bhi = bounds.get(cv, (-math.inf, math.inf))
-                if lo < blo or hi > bhi:
+                # An unbounded side (a missing CV) is allowed: the bounds only frame grids and plots.
+                if (math.isfinite(lo) and lo < blo) or (math.isfinite(hi) and hi > bhi):
                     raise ConfigError(
                         f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
                         f"bounds.{cv} = {[blo, bhi]}")

@@ -104,7 +104,7 @@ def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[S
     """ΔF_s = -ln(P_s / P_ref) from weighted samples, in kT; +inf for a state with no weight."""
     log_p = np.array([logsumexp(np.where(state.contains(cvs), log_w, -np.inf)) for state in states])
     with np.errstate(invalid="ignore"):
-        return -(log_p - log_p[0])
+        return log_p[0] - log_p
 
 
 def weighted_profile(values: np.ndarray, log_w: np.ndarray, edges: np.ndarray) -> np.ndarray:

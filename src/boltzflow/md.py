@@ -6,8 +6,8 @@ raw integration small (see benchmarks/md_throughput.py).
 
 Equilibration is discarded twice: a fixed number of steps before anything is recorded, then the transient
 that ``pymbar.timeseries.detect_equilibration`` finds in the walker-averaged observables. Frames are then
-subsampled by the largest statistical inefficiency among the walker-averaged energy, x and y, so that the
-samples kept are effectively independent.
+subsampled by the largest statistical inefficiency of the energy, x and y (estimated over all walkers with
+``statistical_inefficiency_multiple``), so that the samples kept are effectively independent.
 """
 
 from __future__ import annotations
@@ -145,13 +145,18 @@ def decorrelate(system: Toy2DSystem, trajectory: Trajectory) -> Decorrelated:
 
     frames, walkers, _ = trajectory.positions_nm.shape
     energy = system.energy_kj_mol(trajectory.positions_nm.reshape(-1, 2)).reshape(frames, walkers)
-    # Independent walkers share one autocorrelation function, so the walker average has the same
-    # statistical inefficiency as each walker with far less noise; x and y are included because
-    # state populations (barrier crossings) can decorrelate more slowly than the energy.
-    observables = [energy.mean(axis=1), *trajectory.positions_nm.mean(axis=1).T]
+    # The transient is a drift of the whole ensemble (walkers start uniformly in the box and relax
+    # into the basins), so it is detected on walker averages; x and y are included because state
+    # populations (barrier crossings) can relax more slowly than the energy.
+    observables = [energy, *np.moveaxis(trajectory.positions_nm, 2, 0)]  # each [frame, walker]
     nskip = max(1, frames // 200)  # detect_equilibration is quadratic in the series length
-    t0 = max(timeseries.detect_equilibration(obs, nskip=nskip)[0] for obs in observables)
-    inefficiency = max(timeseries.statistical_inefficiency(obs[t0:]) for obs in observables)
+    t0 = max(timeseries.detect_equilibration(obs.mean(axis=1), nskip=nskip)[0] for obs in observables)
+    # A transient longer than half the run means the run is too short; keep the second half regardless
+    # (the log reports the discarded frames, so a user can see it and lengthen the run).
+    t0 = min(t0, frames // 2)
+    # Independent walkers share one autocorrelation function: pymbar estimates it from all of them
+    # at once, which is far less noisy than from any single walker or from the walker average.
+    inefficiency = max(timeseries.statistical_inefficiency_multiple(list(obs[t0:].T)) for obs in observables)
     stride = max(1, int(np.ceil(inefficiency)))
     kept = np.arange(t0, frames, stride)
     return Decorrelated(

@@ -296,12 +296,14 @@ def summary_stage(system: Toy2DSystem, observables: xr.Dataset, estimates: list[
     )]
     rows += estimates
     combined = xr.concat(rows, dim="estimator", data_vars="all", coords="minimal", compat="override",
-                         combine_attrs="drop")
+                         combine_attrs="override")
+    combined.attrs = {}  # the inputs' global attributes describe them, not the summary
     names = [str(e) for e in combined["estimator"].values]
     combined["cpu_seconds"] = _var("estimator", [cpu_seconds.get(e, np.nan) for e in names], "s",
                                    "CPU seconds of the rules that produced the estimate (benchmark files)")
     summary_vars = ["delta_f", "delta_f_err", "ess_fraction", "log_z", "log_z_err", "n_samples", "cpu_seconds"]
-    summary = combined[summary_vars].drop_vars([c for c in combined.coords if c not in ("estimator", "state")])
+    summary = combined[summary_vars].drop_vars(
+        [c for c in combined.coords if c not in ("estimator", "state")], errors="ignore")
     summary["delta_f"].attrs["long_name"] = (
         f"state free energy relative to {system.states[0].name} at {system.target_temperature_k:g} K")
     fes = {}
