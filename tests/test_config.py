@@ -76,3 +76,12 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
                      + lines[0].split("energy: ", 1)[1]]
     assert "exp" in lines[0]
     assert not (workdir / "results").exists()
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "--lint")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Congratulations, your workflow is in a good condition!" in output
+    assert "Lints for" not in output

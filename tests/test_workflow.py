@@ -105,7 +105,8 @@ def test_output_contract(run, config, system):
 
 def test_a_target_runs_just_its_system(tmp_path):
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/test.yaml",
-                       "results/double_well/summary.nc")
+    # The target goes before --configfile, which takes every word after it as a config file.
+    result = snakemake(workdir, "-n", "--cores", "2", "results/double_well/summary.nc",
+                       "--configfile", "config/test.yaml")
     assert result.returncode == 0, result.stderr
     assert "double_well" in result.stdout and "mueller_brown" not in result.stdout
