@@ -1,6 +1,6 @@
 """MD stage throughput against raw OpenMM integration of the same walkers, measured side by side.
 
-    python benchmarks/md_throughput.py [--system mueller_brown] [--walkers 512] [--steps 20000] [--repeats 3]
+    python benchmarks/md_throughput.py [--system mueller_brown] [--walkers 512] [--steps N] [--repeats 3]
 
 "raw" is ``integrator.step(n)`` on a Context built exactly as the stage builds it; "stage" is the whole MD
 stage (equilibration, reporting every ``report_interval`` steps, energies, decorrelation, dataset).
@@ -27,14 +27,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="mueller_brown")
     parser.add_argument("--walkers", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--steps", type=int, default=None, help="production steps (default: the config's)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()),
                              load_schema(ROOT / "config/schema.yaml"))
     system_config = copy.deepcopy(config["systems"][args.system])
-    md = {**system_config["md"], "walkers": args.walkers, "steps": args.steps}
+    md = {**system_config["md"], "walkers": args.walkers, "steps": args.steps or system_config["md"]["steps"]}
     settings = LangevinSettings.from_config(md)
     system = toy_system_from_config(args.system, system_config)
     temperature = system.target_temperature_k
