@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 
-from boltzflow.systems import kt_kj_mol, toy_system_from_config
+from boltzflow.systems import toy_system_from_config
 from workflow_helpers import ROOT, copy_workflow, merged_config, snakemake
 
 pytestmark = pytest.mark.slow
@@ -110,3 +111,46 @@ def test_a_target_runs_just_its_system(tmp_path):
                        "--configfile", "config/test.yaml")
     assert result.returncode == 0, result.stderr
     assert "double_well" in result.stdout and "mueller_brown" not in result.stdout
+
+
+def _planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    lines = output.split("Job stats:", 1)[1].splitlines()
+    jobs = {}
+    for line in lines[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+DOWNSTREAM_OF_FLOW = {"train_flow", "sample_flow", "reweight", "summary", "figure_free_energy_surfaces",
+                      "figure_free_energy_profiles", "figure_log_weights", "figure_training", "all"}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"flow": {"learning_rate": 0.002}}, DOWNSTREAM_OF_FLOW),
+    ({"sampling": {"n_samples": 30000}}, DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training"}),
+    ({"md": {"steps": 70000}}, DOWNSTREAM_OF_FLOW | {"md", "mbar"}),
+])
+def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
+    (run / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": change}}))
+    result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "mueller_brown" not in result.stdout
+    assert set(_planned_jobs(result.stdout)) == expected
+
+
+def test_nothing_reruns_without_a_change(run):
+    result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_report_builds_with_every_figure(run):
+    result = snakemake(run, "--cores", "1", "--configfile", "config/test.yaml", "--report", "results/report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (run / "results/report.html").read_text(errors="ignore")
+    for figure in FIGURES:
+        assert f"{figure}.png" in html

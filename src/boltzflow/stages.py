@@ -243,8 +243,8 @@ def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dat
 
     names = list(results)
     n_states = len(system.states)
-    stack = lambda attr: np.stack([getattr(results[e], attr) for e in names])  # noqa: E731
-    values, errors = stack("estimate"), stack("standard_error")
+    values = np.stack([results[e].estimate for e in names])
+    errors = np.stack([results[e].standard_error for e in names])
     log_z = values[:, n_states].copy()
     log_z_err = errors[:, n_states].copy()
     log_z[1:], log_z_err[1:] = np.nan, np.nan  # an unweighted model has no ln Z estimate
