@@ -57,6 +57,7 @@ rule figure_free_energy_profiles:
 rule figure_log_weights:
     input:
         samples="results/{system}/samples/flow.nc",
+        estimates="results/{system}/analysis/estimates_flow.nc",
     output:
         report(
             "results/{system}/figures/log_weights.png",

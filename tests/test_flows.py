@@ -304,3 +304,39 @@ def test_nonfinite_energies_are_dropped():
     assert np.isfinite(curves["reverse_kl"]).all() and np.isfinite(curves["train_nll"]).all()
     assert all(torch.isfinite(p).all() for p in flow.parameters())
     assert any((p != 0).any() for p in flow.layers[0].conditioner[-1].parameters())  # steps were taken
+
+
+def test_interrupted_training_resumes_bit_for_bit(tmp_path):
+    _, _, energy, _ = _gaussian_energy()
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
+    settings = dict(reduced_energy=energy, energy_weight=0.5, steps=40, batch_size=32, energy_batch_size=32,
+                    seed=3, log_every=5)
+
+    def fresh():
+        torch.manual_seed(99)
+        return SplineCouplingFlow(2, n_layers=2, hidden=8)
+
+    reference = fresh()
+    expected = train_flow(reference, data, log=_silent, **settings)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_25(message):
+        if "step 25/40" in message:
+            raise Killed
+
+    checkpoint = tmp_path / "flow.checkpoint"
+    with pytest.raises(Killed):
+        train_flow(fresh(), data, log=die_at_step_25, checkpoint_path=checkpoint, **settings)
+    assert checkpoint.exists()
+
+    messages = []
+    resumed = fresh()
+    curves = train_flow(resumed, data, log=messages.append, checkpoint_path=checkpoint, **settings)
+    assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
+    assert not checkpoint.exists()
+    for key in expected:
+        np.testing.assert_array_equal(curves[key], expected[key])
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name

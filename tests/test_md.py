@@ -2,7 +2,9 @@
 
 import numpy as np
 
-from boltzflow.md import LangevinSettings
+import pytest
+
+from boltzflow.md import LangevinSettings, run_langevin
 from boltzflow.stages import md_stage
 from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
 
@@ -42,3 +44,38 @@ def test_md_is_reproducible_for_a_seed():
     np.testing.assert_array_equal(first["positions"].values, second["positions"].values)
     other = md_stage(system, 300.0, LangevinSettings(**{**settings.__dict__, "seed": 4}), log=lambda _: None)
     assert not np.array_equal(first["positions"].values, other["positions"].values)
+
+
+def test_md_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
+    system = _harmonic()
+    settings = LangevinSettings(walkers=8, steps=1000, equilibration_steps=100, report_interval=10, seed=11)
+    reference = run_langevin(system, 300.0, settings, log=lambda _: None)
+
+    # Simulate a kill after 40 % of production: a run that stops while saving its checkpoints.
+    class Killed(Exception):
+        pass
+
+    messages = []
+
+    def log_and_die(message):
+        messages.append(message)
+        if "step 500/1100" in message:
+            raise Killed
+
+    checkpoint = tmp_path / "run.checkpoint"
+    with pytest.raises(Killed):
+        run_langevin(system, 300.0, settings, log=log_and_die, checkpoint_path=checkpoint)
+    assert (checkpoint / "state.npz").exists()
+
+    resumed_log = []
+    resumed = run_langevin(system, 300.0, settings, log=resumed_log.append, checkpoint_path=checkpoint)
+    assert any("resuming from checkpoint: 30/100 frames" in m for m in resumed_log), resumed_log
+    np.testing.assert_array_equal(resumed.positions_nm, reference.positions_nm)
+    assert not checkpoint.exists()
+
+    # A checkpoint of other settings is ignored, not mixed in.
+    other = LangevinSettings(**{**settings.__dict__, "seed": 12})
+    with pytest.raises(Killed):
+        run_langevin(system, 300.0, other, log=log_and_die, checkpoint_path=checkpoint)
+    again = run_langevin(system, 300.0, settings, log=lambda _: None, checkpoint_path=checkpoint)
+    np.testing.assert_array_equal(again.positions_nm, reference.positions_nm)

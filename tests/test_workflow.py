@@ -129,17 +129,33 @@ DOWNSTREAM_OF_FLOW = {"train_flow", "sample_flow", "reweight", "summary", "figur
                       "figure_free_energy_profiles", "figure_log_weights", "figure_training", "all"}
 
 
+FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
+                "figure_training", "all"}
+
+
 @pytest.mark.parametrize("change, expected", [
-    ({"flow": {"learning_rate": 0.002}}, DOWNSTREAM_OF_FLOW),
-    ({"sampling": {"n_samples": 30000}}, DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training"}),
-    ({"md": {"steps": 70000}}, DOWNSTREAM_OF_FLOW | {"md", "mbar"}),
-])
+    ({"systems": {"double_well": {"flow": {"learning_rate": 0.002}}}}, DOWNSTREAM_OF_FLOW),
+    ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
+     DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training"}),
+    ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_FLOW | {"md", "mbar"}),
+    ({"figures": {"style": "whitegrid"}}, FIGURES_ONLY),
+], ids=["flow", "sampling", "md", "figure-style"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
-    (run / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": change}}))
+    (run / "change.yaml").write_text(yaml.safe_dump(change))
     result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
     assert result.returncode == 0, result.stderr
-    assert "mueller_brown" not in result.stdout
     assert set(_planned_jobs(result.stdout)) == expected
+    if "systems" in change:
+        assert "mueller_brown" not in result.stdout
+
+
+def test_list_changes_params_names_the_changed_outputs(run):
+    (run / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": {"flow": {"steps": 900}}}}))
+    result = snakemake(run, "--list-changes", "params", "--configfile", "config/test.yaml", "change.yaml")
+    assert result.returncode == 0, result.stderr
+    listed = set(result.stdout.split())
+    assert "results/double_well/models/flow.pt" in listed
+    assert not any("/md/" in path or "mbar" in path or "mueller_brown" in path for path in listed)
 
 
 def test_nothing_reruns_without_a_change(run):

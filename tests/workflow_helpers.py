@@ -12,6 +12,7 @@ WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", "report", 
 
 
 def copy_workflow(destination: Path) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         source = ROOT / part
         if source.is_dir():

@@ -12,8 +12,11 @@ subsampled by the largest statistical inefficiency of the energy, x and y (estim
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -97,31 +100,116 @@ def make_simulation(system: Toy2DSystem, temperature_k: float, settings: Langevi
     return context, integrator
 
 
+class MDCheckpoint:
+    """Resumable progress of one MD run: recorded frames (appended) and the OpenMM Context state.
+
+    Layout in the folder ``path``: ``frames.bin`` holds the x-y frames as raw float64 records, appended
+    as they are recorded, so the total I/O is one copy of the trajectory; ``state.npz`` holds the number
+    of frames the checkpoint covers, the OpenMM checkpoint (positions, velocities and the integrator's
+    random-number state, so a resumed run continues bit for bit on the same platform) and a key of the
+    run's settings: a checkpoint of other settings is ignored, never mixed in.
+    """
+
+    def __init__(self, path: str | Path, key: str, frame_shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.key = key
+        self.frame_shape = frame_shape
+
+    @property
+    def _frames(self) -> Path:
+        return self.path / "frames.bin"
+
+    @property
+    def _state(self) -> Path:
+        return self.path / "state.npz"
+
+    def load(self) -> tuple[int, np.ndarray, bytes] | None:
+        """(frames done, their positions, OpenMM checkpoint) or None if there is no usable checkpoint."""
+        if not self._state.exists():
+            return None
+        with np.load(self._state, allow_pickle=False) as saved:
+            if str(saved["key"]) != self.key:
+                return None
+            done = int(saved["frames"])
+            openmm_state = saved["openmm"].tobytes()
+        # The frames file may hold more records than the state covers (killed between the two writes).
+        record = int(np.prod(self.frame_shape))
+        frames = np.fromfile(self._frames, dtype=np.float64, count=done * record)
+        if frames.size != done * record:
+            return None
+        return done, frames.reshape(done, *self.frame_shape), openmm_state
+
+    def save(self, positions: np.ndarray, done: int, saved_before: int, openmm_state: bytes) -> None:
+        """Append frames [saved_before, done) and record the state for ``done`` frames atomically."""
+        from boltzflow.io import atomic_path
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        mode = "r+b" if saved_before and self._frames.exists() else "wb"
+        with open(self._frames, mode) as handle:
+            handle.seek(saved_before * positions[0].nbytes)
+            handle.write(np.ascontiguousarray(positions[saved_before:done]).tobytes())
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+        with atomic_path(self._state) as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, key=np.array(self.key), frames=np.array(done),
+                         openmm=np.frombuffer(openmm_state, dtype=np.uint8))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings,
-                 log=print) -> Trajectory:
-    """Run equilibration then production; record x-y of all walkers every ``report_interval`` steps."""
+                 log=print, checkpoint_path: str | Path | None = None) -> Trajectory:
+    """Run equilibration then production; record x-y of all walkers every ``report_interval`` steps.
+
+    With ``checkpoint_path``, progress is saved every tenth of the production (and after equilibration)
+    and a run with the same settings resumes from it; the folder is removed when the run completes.
+    """
     seed = integrator_seed(settings.seed, temperature_k)
     context, integrator = make_simulation(system, temperature_k, settings, seed)
     log(f"MD {system.name} at {temperature_k:g} K: {settings.walkers} walkers, "
         f"{settings.equilibration_steps} + {settings.steps} steps of {settings.timestep_fs:g} fs, "
         f"platform {context.getPlatform().getName()}, seed {seed}")
 
-    start = time.perf_counter()
-    integrator.step(settings.equilibration_steps)
     n_frames = settings.steps // settings.report_interval
     positions = np.empty((n_frames, settings.walkers, 2))
+    checkpoint = resumed = None
+    first = 0
+    if checkpoint_path is not None:
+        key = repr((system.energy_expression, temperature_k, settings, context.getPlatform().getName()))
+        checkpoint = MDCheckpoint(checkpoint_path, key, positions.shape[1:])
+        resumed = checkpoint.load()
+        if resumed is not None:
+            first, positions[:first], openmm_state = resumed
+            context.loadCheckpoint(openmm_state)
+            log(f"  resuming from checkpoint: {first}/{n_frames} frames already recorded")
+
+    start = time.perf_counter()
+    if resumed is None:
+        integrator.step(settings.equilibration_steps)
+        if checkpoint is not None:
+            checkpoint.save(positions, 0, 0, context.createCheckpoint())
     progress_every = max(1, n_frames // 10)
-    for frame in range(n_frames):
+    saved = first
+    total = settings.equilibration_steps + n_frames * settings.report_interval
+    steps_before = 0 if resumed is None else settings.equilibration_steps + first * settings.report_interval
+    for frame in range(first, n_frames):
         integrator.step(settings.report_interval)
         state = context.getState(getPositions=True)
         positions[frame] = state.getPositions(asNumpy=True)._value[:, :2]
         if (frame + 1) % progress_every == 0 or frame + 1 == n_frames:
             elapsed = time.perf_counter() - start
             done = settings.equilibration_steps + (frame + 1) * settings.report_interval
-            total = settings.equilibration_steps + n_frames * settings.report_interval
-            log(f"  step {done}/{total}  {done / elapsed:,.0f} steps/s  "
-                f"ETA {elapsed * (total - done) / done:.1f} s")
+            rate = (done - steps_before) / elapsed
+            log(f"  step {done}/{total}  {rate:,.0f} steps/s  ETA {(total - done) / rate:.1f} s")
+            if checkpoint is not None and frame + 1 < n_frames:
+                checkpoint.save(positions, frame + 1, saved, context.createCheckpoint())
+                saved = frame + 1
     wall = time.perf_counter() - start
+    if checkpoint is not None:
+        checkpoint.remove()
     dt_ps = settings.timestep_fs * 1e-3
     time_ps = (settings.equilibration_steps + settings.report_interval * np.arange(1, n_frames + 1)) * dt_ps
     return Trajectory(positions, time_ps, temperature_k, wall)

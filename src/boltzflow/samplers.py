@@ -12,7 +12,8 @@ import torch
 def sample_flow(flow, reduced_energy, n_samples: int, seed: int, batch_size: int = 8192, log=print):
     """Draw ``n_samples`` from ``flow`` in batches; returns numpy (x [n, dim], log_q [n], u [n]).
 
-    ``reduced_energy`` maps a float64 tensor [b, dim] to u [b]. Sampling is reproducible for a seed.
+    ``reduced_energy`` maps a float64 tensor [b, dim] to u [b]. The base noise comes from a CPU
+    generator, so a seed gives the same noise on every device (and the same samples on CPU).
     Energies that come out non-finite are returned as they are; the estimators give them zero weight.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -23,9 +24,9 @@ def sample_flow(flow, reduced_energy, n_samples: int, seed: int, batch_size: int
         size = min(batch_size, n_samples - done)
         x, log_q = flow.sample(size, generator=generator)
         x = x.double()
-        xs.append(x.numpy())
-        log_qs.append(log_q.double().numpy())
-        us.append(reduced_energy(x).numpy())
+        xs.append(x.cpu().numpy())
+        log_qs.append(log_q.double().cpu().numpy())
+        us.append(reduced_energy(x).cpu().numpy())
         done += size
         elapsed = time.perf_counter() - start
         log(f"  sampled {done}/{n_samples}  {done / elapsed:,.0f} samples/s")

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow import estimators
+from boltzflow.devices import select_device
 from boltzflow.md import LangevinSettings, decorrelate, run_langevin
 from boltzflow.systems import Toy2DSystem, kt_kj_mol
 
@@ -22,9 +23,10 @@ def _var(dims, data, units: str, long_name: str):
 # ---------------------------------------------------------------- MD
 
 
-def md_stage(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings, log=print):
+def md_stage(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings, log=print,
+             checkpoint_path=None):
     """Langevin MD at one temperature of the ladder → decorrelated samples with their energies."""
-    trajectory = run_langevin(system, temperature_k, settings, log=log)
+    trajectory = run_langevin(system, temperature_k, settings, log=log, checkpoint_path=checkpoint_path)
     samples = decorrelate(system, trajectory)
     log(f"kept {len(samples.energy_kj_mol)} samples: discarded {samples.equilibration_frames} "
         f"transient frames, statistical inefficiency {samples.statistical_inefficiency:.1f} frames")
@@ -123,22 +125,24 @@ def edges_from(observables: xr.Dataset, cv: str) -> np.ndarray:
 FLOW_ARCHITECTURE = ("n_layers", "hidden", "n_hidden_layers", "n_bins", "tail_bound")
 
 
-def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=print):
+def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=print, checkpoint_path=None):
     """Train a spline coupling flow on the target-temperature MD samples → (model, curves).
 
     The flow standardizes by the data mean and standard deviation; the reverse-KL term uses the reduced
-    energy at the target temperature and is on only when ``energy_weight > 0``.
+    energy at the target temperature and is on only when ``energy_weight > 0``. With ``checkpoint_path``
+    an interrupted training resumes where it stopped.
     """
     import torch
 
     from boltzflow.flows import SplineCouplingFlow
     from boltzflow.training import train_flow
 
+    device = select_device(settings["device"], log=log)
     torch.manual_seed(settings["seed"])
     data = torch.as_tensor(target_md["positions"].values, dtype=torch.float32)
     model = SplineCouplingFlow(
         dim=system.dim, loc=data.mean(0), scale=data.std(0),
-        **{key: settings[key] for key in FLOW_ARCHITECTURE})
+        **{key: settings[key] for key in FLOW_ARCHITECTURE}).to(device)
     log(f"training flow on {len(data)} MD samples at {system.target_temperature_k:g} K: "
         f"{sum(p.numel() for p in model.parameters())} parameters")
 
@@ -149,8 +153,8 @@ def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=pri
         model, data, reduced_energy=reduced_energy if settings["energy_weight"] > 0 else None,
         steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
         energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
-        seed=settings["seed"], log=log)
-    return model, curves
+        seed=settings["seed"], log=log, checkpoint_path=checkpoint_path)
+    return model.cpu(), curves
 
 
 def save_flow(model, path) -> None:
@@ -168,7 +172,7 @@ def load_flow(path):
 
     from boltzflow.flows import SplineCouplingFlow
 
-    saved = torch.load(path, weights_only=True)
+    saved = torch.load(path, weights_only=True, map_location="cpu")
     model = SplineCouplingFlow(**saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
@@ -178,6 +182,7 @@ def sample_stage(system: Toy2DSystem, model, settings: dict, log=print) -> xr.Da
     """Draw flow samples and their reduced energies at the target temperature."""
     from boltzflow.samplers import sample_flow
 
+    model = model.to(select_device(settings["device"], log=log))
     x, log_q, u = sample_flow(model, system.reduced_energy, settings["n_samples"], settings["seed"],
                               settings["batch_size"], log=log)
     return samples_dataset(system, x, log_q, u)

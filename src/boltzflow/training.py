@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -37,6 +38,7 @@ def train_flow(
     seed: int = 0,
     log: Callable[[str], None] = print,
     log_every: int = 100,
+    checkpoint_path: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit ``model`` (a flow with ``log_prob``, ``forward`` and ``base_log_prob``) to ``data`` in place.
 
@@ -70,7 +72,12 @@ def train_flow(
       record (int; 0 if not used);
     - ``skipped_steps``: number of steps skipped for a non-finite gradient since the previous record.
 
-    The model is left in eval mode; no files are touched.
+    With ``checkpoint_path``, the whole training state (weights, optimizer, schedule, random streams,
+    records) is saved there at every record, and a call with the same arguments resumes from it and
+    ends bit for bit where an uninterrupted run ends (on the same device); the file is removed at the
+    end. A checkpoint written with other arguments is ignored. Without it, no files are touched.
+
+    The model is left in eval mode.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -118,9 +125,27 @@ def train_flow(
     rkl_sum, rkl_count = 0.0, 0
     nonfinite, skipped = 0, 0
 
+    checkpoint = None
+    first_step = 1
+    if checkpoint_path is not None:
+        key = repr((steps, batch_size, learning_rate, energy_weight, energy_batch_size, validation_fraction,
+                    seed, log_every, n, dim, float(data.sum())))
+        checkpoint = _TrainingCheckpoint(Path(checkpoint_path), key)
+        saved = checkpoint.load()
+        if saved is not None:
+            first_step = saved["step"] + 1
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            batch_gen.set_state(saved["batch_gen"])
+            sample_gen.set_state(saved["sample_gen"])
+            torch.set_rng_state(saved["torch_rng"])
+            records = saved["records"]
+            log(f"  resuming from checkpoint at step {saved['step']}/{steps}")
+
     start = time.perf_counter()
     model.train()
-    for step in range(1, steps + 1):
+    for step in range(first_step, steps + 1):
         current_lr = optimizer.param_groups[0]["lr"]
         idx = torch.randint(n_train, (batch_size,), generator=batch_gen, device=device)
         nll = -model.log_prob(train[idx]).mean()
@@ -160,7 +185,7 @@ def train_flow(
             records["skipped_steps"].append(skipped)
 
             elapsed = time.perf_counter() - start
-            eta = elapsed / step * (steps - step)
+            eta = elapsed / (step - first_step + 1) * (steps - step)
             message = f"  step {step}/{steps}  train NLL {train_nll:.4f}  val NLL {val_nll:.4f}"
             if use_energy:
                 message += f"  reverse KL {rkl_mean:.4f}"
@@ -171,8 +196,15 @@ def train_flow(
             message += f"  lr {current_lr:.2e}  {elapsed:.1f} s elapsed, ETA {eta:.1f} s"
             log(message)
             nll_sum, nll_count, rkl_sum, rkl_count, nonfinite, skipped = 0.0, 0, 0.0, 0, 0, 0
+            if checkpoint is not None and step < steps:
+                checkpoint.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "batch_gen": batch_gen.get_state(),
+                                 "sample_gen": sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                 "records": records})
 
     model.eval()
+    if checkpoint is not None:
+        checkpoint.remove()
     int_keys = {"step", "nonfinite_energy", "skipped_steps"}
     return {
         key: np.asarray(values, dtype=np.int64 if key in int_keys else np.float64) for key, values in records.items()
@@ -214,3 +246,26 @@ def _validation_nll(model, validation: torch.Tensor) -> float:
     for chunk in validation.split(_EVAL_CHUNK):
         total += -model.log_prob(chunk).sum().item()
     return total / validation.shape[0]
+
+
+class _TrainingCheckpoint:
+    """One file with the training state, written atomically, read with ``weights_only=True``."""
+
+    def __init__(self, path: Path, key: str):
+        self.path = path
+        self.key = key
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, weights_only=True, map_location="cpu")
+        return saved if saved.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        from boltzflow.io import atomic_path
+
+        with atomic_path(self.path) as temporary:
+            torch.save({**state, "key": self.key}, temporary)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -11,5 +11,8 @@ from boltzflow.systems import toy_system_from_config  # noqa: E402
 
 params = snakemake.params.system  # noqa: F821
 system = toy_system_from_config(snakemake.wildcards.system, params)  # noqa: F821
-dataset = md_stage(system, params["temperatures"][0], LangevinSettings.from_config(params["md"]), log=log)
+# A killed job leaves its checkpoint beside the output; the rerun resumes from it.
+checkpoint = f"{snakemake.output.samples}.checkpoint"  # noqa: F821
+dataset = md_stage(system, params["temperatures"][0], LangevinSettings.from_config(params["md"]), log=log,
+                   checkpoint_path=checkpoint)
 write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821

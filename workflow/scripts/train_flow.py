@@ -13,6 +13,9 @@ from boltzflow.systems import toy_system_from_config  # noqa: E402
 torch.set_num_threads(snakemake.threads)  # noqa: F821
 params = {"system": snakemake.params.system, "flow": snakemake.params.flow}  # noqa: F821
 system = toy_system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-model, curves = fit_flow(system, read_netcdf(snakemake.input.md), params["flow"], log=log)  # noqa: F821
+# A killed job leaves its checkpoint beside the output; the rerun resumes from it.
+checkpoint = f"{snakemake.output.model}.checkpoint"  # noqa: F821
+model, curves = fit_flow(system, read_netcdf(snakemake.input.md), params["flow"], log=log,  # noqa: F821
+                         checkpoint_path=checkpoint)
 save_flow(model, snakemake.output.model)  # noqa: F821
 write_netcdf(curves_dataset(curves), snakemake.output.curves, config=params)  # noqa: F821
