@@ -146,16 +146,18 @@ def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expec
     assert result.returncode == 0, result.stderr
     assert set(_planned_jobs(result.stdout)) == expected
     if "systems" in change:
-        assert "mueller_brown" not in result.stdout
+        assert "system=mueller_brown" not in result.stdout
 
 
-def test_list_changes_params_names_the_changed_outputs(run):
+def test_dry_run_names_the_rule_whose_params_changed(run):
+    # `snakemake --list-changes params` would be the natural check, but Snakemake 9.27.1 lists every
+    # output that has recorded params (ParamsChange.__or__ returns the empty change of the last file,
+    # whose __iter__ still yields that file); the dry run's reasons are computed correctly.
     (run / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": {"flow": {"steps": 900}}}}))
-    result = snakemake(run, "--list-changes", "params", "--configfile", "config/test.yaml", "change.yaml")
+    result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
     assert result.returncode == 0, result.stderr
-    listed = set(result.stdout.split())
-    assert "results/double_well/models/flow.pt" in listed
-    assert not any("/md/" in path or "mbar" in path or "mueller_brown" in path for path in listed)
+    reasons = result.stdout.split("params have changed since last execution:", 1)[1].split("\n")[1].split(",")
+    assert [rule.strip() for rule in reasons] == ["train_flow"]
 
 
 def test_nothing_reruns_without_a_change(run):

@@ -76,6 +76,7 @@ SlurmctldHost=${node}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+MailProg=/bin/true
 CredType=cred/munge
 SlurmctldPort=6817
 SlurmdPort=6818

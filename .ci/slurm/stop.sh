@@ -24,7 +24,7 @@ stop() {  # stop NAME PIDFILE: TERM the daemon (pid file, else by exact process 
     sleep 0.5
   done
   # shellcheck disable=SC2086
-  $SUDO kill -KILL $pids 2>/dev/null
+  if kill -0 $pids 2>/dev/null; then $SUDO kill -KILL $pids 2>/dev/null; fi
   $SUDO rm -f "$pidfile" 2>/dev/null
   echo "slurm: stopped $name"
 }
@@ -33,5 +33,16 @@ stop() {  # stop NAME PIDFILE: TERM the daemon (pid file, else by exact process 
   stop slurmd "$SLURM_DIR/slurmd.pid"
   stop slurmctld "$SLURM_DIR/slurmctld.pid"
   stop munged /run/munge/munged.pid
-} || true
+  # Remove start.sh's slurm.conf (restoring one it replaced): with a config naming a controller that
+  # is down, every SLURM client call (and so every snakemake start, whose slurm plugin runs
+  # `scontrol show config` on import) waits ~10 s; without one they fail at once.
+  conf=/etc/slurm/slurm.conf
+  if [ -f "$conf" ] && grep -qF "# written by boltzflow .ci/slurm/start.sh" "$conf"; then
+    if [ -f "$conf.boltzflow-backup" ]; then
+      $SUDO mv -f "$conf.boltzflow-backup" "$conf"
+    else
+      $SUDO rm -f "$conf"
+    fi
+  fi
+} 2>/dev/null || true
 exit 0
