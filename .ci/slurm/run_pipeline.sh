@@ -15,6 +15,7 @@ jobs=${BOLTZFLOW_SLURM_JOBS:-2}
 work=""
 status=1
 
+# shellcheck disable=SC2317  # (called by the EXIT trap)
 cleanup() {
   echo "==== SLURM queue and node at the end"
   timeout 10 squeue 2>&1 || true
