@@ -33,6 +33,7 @@ BAD = [
     ("systems.double_well.temperatures", [300, 300], "must be distinct"),
     ("systems.double_well.energy", "x^2 + foo(y)", "unknown function 'foo'"),
     ("systems.double_well.energy", "x^2 + z", "unknown variable 'z'"),
+    ("systems.double_well.energy", "x^2 + w; w = y^2; z = 1", "'z' is reserved"),
     ("systems.double_well.energy", "(x^2 + y", "systems.double_well.energy"),
     ("systems.double_well.energy", "__import__('os')", "systems.double_well.energy"),
     ("systems.double_well.states.right", {"x": [0.0, 9.0]}, "lies outside bounds.x"),

@@ -102,6 +102,12 @@ def _check_system(name: str, system: dict) -> None:
         parse_expression(system["energy"], TOY_CVS)
     except ExpressionError as error:
         raise ConfigError(f"{key}.energy: {error}") from None
+    try:
+        # OpenMM sees the expression with a z restraint added; a definition named z would replace it.
+        parse_expression(system["energy"], (*TOY_CVS, "z"))
+    except ExpressionError:
+        raise ConfigError(f"{key}.energy: the name 'z' is reserved for the MD restraint; "
+                          "rename that definition") from None
 
     temperatures = system["temperatures"]
     if len(set(temperatures)) != len(temperatures):
