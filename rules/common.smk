@@ -4,7 +4,7 @@ from pathlib import Path
 # The science package lives in src/; the Snakefile only needs its dependency-free config checks.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from boltzflow.config import ConfigError, load_schema, validate_config
+from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
 
 
 try:
@@ -17,11 +17,6 @@ wildcard_constraints:
     system="|".join(config["systems"]),
     temperature=r"[0-9]+(\.[0-9]+)?",
     model="flow",
-
-
-def temperature_label(temperature):
-    """The temperature as it appears in file names: 300 -> '300', 312.5 -> '312.5'."""
-    return f"{float(temperature):g}"
 
 
 def md_files(wildcards):
@@ -113,4 +108,9 @@ def reweight_params(wildcards):
 
 
 def figure_params(wildcards):
-    return config["figures"]
+    """The style only: a figure that does not clip at max_kt does not rerun when it changes."""
+    return {"style": config["figures"]["style"]}
+
+
+def surface_figure_params(wildcards):
+    return {"style": config["figures"]["style"], "max_kt": config["figures"]["max_kt"]}

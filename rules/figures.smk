@@ -12,7 +12,7 @@ rule figure_free_energy_surfaces:
             subcategory="free energies",
         ),
     params:
-        figures=figure_params,
+        figures=surface_figure_params,
     log:
         "results/{system}/logs/figure_free_energy_surfaces.log",
     benchmark:

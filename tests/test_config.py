@@ -45,6 +45,9 @@ BAD = [
     ("systems.double_well.flow.stepz", 10, "'stepz'"),
     ("systems.double_well.type", "protein", "systems.double_well.type"),
     ("systems.double_well.energy", _DELETE, "'energy' is a required property"),
+    ("systems.double_well.bounds", {"x": [-2.5, 2.5]}, "'y' is a required property"),
+    ("systems.double_well.temperatures", [300, 300.0000001], "cannot be named exactly"),
+    ("systems.double_well.temperatures", [300, 1.5e6], "cannot be named exactly"),
 ]
 
 

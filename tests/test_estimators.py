@@ -107,3 +107,11 @@ def test_bootstrap_error_of_a_mean_matches_the_analytic_standard_error():
     result = estimators.bootstrap(estimators.log_partition_function, np.log(w), replicates=400, seed=1)
     analytic = w.std(ddof=1) / np.sqrt(len(w)) / w.mean()  # delta method for ln(mean w)
     assert result.standard_error == pytest.approx(analytic, rel=0.15)
+
+
+def test_state_delta_f_is_nan_when_the_reference_state_is_empty():
+    from boltzflow.systems import StateBox
+
+    states = (StateBox("ref", {"x": (0.0, 1.0)}), StateBox("other", {"x": (1.0, 2.0)}))
+    cvs = {"x": np.array([1.5, 1.6])}
+    assert np.isnan(estimators.state_delta_f(np.zeros(2), cvs, states)).all()

@@ -109,9 +109,7 @@ def _check_system(name: str, system: dict) -> None:
         raise ConfigError(f"{key}.energy: the name 'z' is reserved for the MD restraint; "
                           "rename that definition") from None
 
-    temperatures = system["temperatures"]
-    if len(set(temperatures)) != len(temperatures):
-        raise ConfigError(f"{key}.temperatures: values must be distinct, got {temperatures}")
+    _check_temperatures(f"{key}.temperatures", system["temperatures"])
 
     bounds = system.get("bounds")
     if bounds:
@@ -121,7 +119,7 @@ def _check_system(name: str, system: dict) -> None:
 
     boxes = {}
     for state, box in system["states"].items():
-        boxes[state] = _state_box(f"{key}.states.{state}", box)
+        boxes[state] = state_box(f"{key}.states.{state}", box)
         if bounds:
             for cv, (lo, hi) in boxes[state].items():
                 blo, bhi = bounds.get(cv, (-math.inf, math.inf))
@@ -137,10 +135,30 @@ def _check_system(name: str, system: dict) -> None:
                 raise ConfigError(f"{key}.states: {first} and {second} overlap; states must be disjoint")
 
 
-def _state_box(key: str, box: dict) -> dict[str, tuple[float, float]]:
+def temperature_label(temperature: float) -> str:
+    """The temperature as it appears in file names: 300 -> '300', 312.5 -> '312.5'."""
+    return f"{float(temperature):g}"
+
+
+def _check_temperatures(key: str, temperatures: list) -> None:
+    """Distinct values whose file-name labels are distinct and read back as the same number."""
+    if len(set(temperatures)) != len(temperatures):
+        raise ConfigError(f"{key}: values must be distinct, got {temperatures}")
+    labels = [temperature_label(t) for t in temperatures]
+    for t, label in zip(temperatures, labels):
+        # Output files are named by the label: it must give back the value and match the rules'
+        # wildcard pattern (digits with an optional decimal part; no exponent).
+        if float(label) != float(t) or "e" in label:
+            raise ConfigError(f"{key}: {t} cannot be named exactly in file names; "
+                              "use at most 6 significant digits and no exponent (e.g. 312.5)")
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{key}: values must be distinct, got {temperatures}")
+
+
+def state_box(key: str, box: dict, cvs=TOY_CVS) -> dict[str, tuple[float, float]]:
     """Complete a state box: a missing CV is unbounded. Intervals are half-open [lo, hi)."""
     full = {}
-    for cv in TOY_CVS:
+    for cv in cvs:
         lo, hi = box.get(cv, (-math.inf, math.inf))
         if not lo < hi:
             raise ConfigError(f"{key}.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")

@@ -101,8 +101,13 @@ def log_partition_function(log_w: np.ndarray) -> float:
 
 
 def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[StateBox, ...]):
-    """ΔF_s = -ln(P_s / P_ref) from weighted samples, in kT; +inf for a state with no weight."""
+    """ΔF_s = -ln(P_s / P_ref) from weighted samples, in kT; +inf for a state with no weight.
+
+    All NaN when the reference state has no weight: no difference to it can be estimated.
+    """
     log_p = np.array([logsumexp(np.where(state.contains(cvs), log_w, -np.inf)) for state in states])
+    if not np.isfinite(log_p[0]):
+        return np.full(len(states), np.nan)
     with np.errstate(invalid="ignore"):
         return log_p[0] - log_p
 

@@ -51,6 +51,7 @@ class Trajectory:
     time_ps: np.ndarray  # [frame]
     temperature_k: float
     wall_seconds: float
+    steps_run: int  # steps per walker integrated in this call (fewer than the total after a resume)
 
 
 def integrator_seed(seed: int, temperature_k: float) -> int:
@@ -212,7 +213,8 @@ def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSe
         checkpoint.remove()
     dt_ps = settings.timestep_fs * 1e-3
     time_ps = (settings.equilibration_steps + settings.report_interval * np.arange(1, n_frames + 1)) * dt_ps
-    return Trajectory(positions, time_ps, temperature_k, wall)
+    steps_run = settings.equilibration_steps + n_frames * settings.report_interval - steps_before
+    return Trajectory(positions, time_ps, temperature_k, wall, steps_run)
 
 
 #: Walkers (evenly spaced by index) from which the statistical inefficiency is estimated.

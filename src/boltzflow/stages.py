@@ -30,7 +30,8 @@ def md_stage(system: Toy2DSystem, temperature_k: float, settings: LangevinSettin
     samples = decorrelate(system, trajectory)
     log(f"kept {len(samples.energy_kj_mol)} samples: discarded {samples.equilibration_frames} "
         f"transient frames, statistical inefficiency {samples.statistical_inefficiency:.1f} frames")
-    total_steps = settings.walkers * (settings.equilibration_steps + settings.steps)
+    # Only the steps this call integrated: after a resume, the wall time covers the rest of the run only.
+    total_steps = settings.walkers * trajectory.steps_run
     ns_per_day = total_steps * settings.timestep_fs * 1e-6 / trajectory.wall_seconds * 86400
     return xr.Dataset(
         {

@@ -9,7 +9,6 @@ Reduced energies are u = E / kT (dimensionless), with kT in kJ/mol at the temper
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,10 +105,10 @@ def toy_system_from_config(name: str, system_config: dict) -> Toy2DSystem:
     Stages receive only the keys they depend on (so that Snakemake reruns exactly what a change
     affects): ``states`` and ``bounds`` may be absent.
     """
-    states = []
-    for state, box in system_config.get("states", {}).items():
-        intervals = {cv: tuple(float(v) for v in box.get(cv, (-math.inf, math.inf))) for cv in ("x", "y")}
-        states.append(StateBox(state, intervals))
+    from boltzflow.config import state_box
+
+    states = [StateBox(state, state_box(f"states.{state}", box))
+              for state, box in system_config.get("states", {}).items()]
     bounds = system_config.get("bounds")
     return Toy2DSystem(
         name=name,

@@ -11,7 +11,8 @@ from boltzflow.systems import toy_system_from_config  # noqa: E402
 inputs = snakemake.input  # noqa: F821
 params = snakemake.params.settings  # noqa: F821
 system = toy_system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-# Each estimator costs the CPU time of every rule that it needs.
+# Each estimator costs the CPU time of the rules that produce it: MBAR all the MD and MBAR; the flow its
+# training, sampling and reweighting (not the target-temperature MD it trains on, which MBAR also uses).
 model_cost = benchmark_cpu_seconds([inputs.train_benchmark, inputs.sample_benchmark])
 cpu_seconds = {
     "mbar": benchmark_cpu_seconds([*inputs.md_benchmarks, inputs.mbar_benchmark]),
