@@ -63,9 +63,8 @@ rule summary:
     output:
         summary="results/{system}/summary.nc",
         table="results/{system}/summary.csv",
-        fes_x="results/{system}/analysis/fes_x.nc",
-        fes_y="results/{system}/analysis/fes_y.nc",
-        fes_xy="results/{system}/analysis/fes_xy.nc",
+        profiles="results/{system}/analysis/fes_profiles.nc",
+        surface="results/{system}/analysis/fes_surface.nc",
     params:
         settings=reweight_params,
     log:

@@ -13,6 +13,40 @@ except ConfigError as error:
     sys.exit(f"boltzflow: invalid config: {error}")
 
 
+def check_molecules_with_openmm():
+    """Parametrize each molecule once, so that a residue the force field cannot match stops the run here.
+
+    Only where OpenMM is importable in the Snakemake process (the pip route); with --use-conda it lives in
+    the rule environments, and the MD job reports the same one-line error first thing. Whether the chosen
+    OpenMM platform exists is checked by the job itself: it may run on another node (a GPU one).
+    """
+    try:
+        from boltzflow.molecules import MoleculeError, load_molecule
+    except ImportError:
+        return
+    for name, system in config["systems"].items():
+        if system["type"] != "molecule":
+            continue
+        try:
+            load_molecule(system["pdb"], system["forcefield"], system["constraints"])
+        except MoleculeError as error:
+            message = str(error).replace("molecule.", f"systems.{name}.", 1)
+            sys.exit(f"boltzflow: invalid config: {message}")
+
+
+check_molecules_with_openmm()
+
+
+def systems_of_type(kind):
+    """A wildcard pattern for the systems of one type (one that matches nothing if there are none)."""
+    names = [name for name, system in config["systems"].items() if system["type"] == kind]
+    return "|".join(names) if names else "(?!)"
+
+
+TOY_SYSTEMS = systems_of_type("toy2d")
+MOLECULE_SYSTEMS = systems_of_type("molecule")
+
+
 wildcard_constraints:
     system="|".join(config["systems"]),
     temperature=r"[0-9]+(\.[0-9]+)?",
@@ -31,15 +65,24 @@ def target_md_file(wildcards):
 
 
 def md_benchmarks(wildcards):
-    temperatures = config["systems"][wildcards.system]["temperatures"]
-    return [
-        f"results/{wildcards.system}/benchmarks/md_{temperature_label(t)}K.tsv"
-        for t in temperatures
-    ]
+    """Benchmark files of every job that produced the MD samples (the MBAR estimate's cost)."""
+    system = config["systems"][wildcards.system]
+    labels = [temperature_label(t) for t in system["temperatures"]]
+    folder = f"results/{wildcards.system}/benchmarks"
+    if system["type"] == "molecule":
+        return [f"{folder}/replica_exchange.tsv"] + [
+            f"{folder}/replica_state_{label}K.tsv" for label in labels
+        ]
+    return [f"{folder}/md_{label}K.tsv" for label in labels]
+
+
+def molecule_pdb(wildcards):
+    return config["systems"][wildcards.system]["pdb"]
 
 
 def all_outputs():
-    figures = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training"]
+    figures = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training",
+               "energy_distributions"]
     outputs = []
     for system in config["systems"]:
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv"]
@@ -71,10 +114,41 @@ def md_params(wildcards):
     return params
 
 
+#: The keys that define a system's target density (its energy), by type.
+TARGET_KEYS = {
+    "toy2d": ["type", "energy"],
+    "molecule": ["type", "pdb", "forcefield", "constraints"],
+}
+#: The keys that define its CVs and states, by type.
+CV_KEYS = {
+    "toy2d": ["states", "bounds"],
+    "molecule": ["cvs", "cv_units", "states"],
+}
+
+
+def _target(system, temperatures):
+    params = {key: system[key] for key in TARGET_KEYS[system["type"]]}
+    params["temperatures"] = temperatures
+    return params
+
+
+def _cvs(system):
+    return {key: system[key] for key in CV_KEYS[system["type"]] if key in system}
+
+
+def replica_exchange_params(wildcards):
+    system = _system(wildcards)
+    return {**_target(system, system["temperatures"]), "md": system["md"]}
+
+
+def replica_split_params(wildcards):
+    system = _system(wildcards)
+    return {**_target(system, system["temperatures"]), **_cvs(system)}
+
+
 def mbar_params(wildcards):
     system = _system(wildcards)
-    keys = ["type", "energy", "temperatures", "states", "bounds"]
-    params = {key: system[key] for key in keys if key in system}
+    params = {**_target(system, system["temperatures"]), **_cvs(system)}
     params["bins"] = system["analysis"]["bins"]
     return params
 
@@ -82,11 +156,10 @@ def mbar_params(wildcards):
 def model_params(wildcards):
     """The target (energy at the target temperature) that flow training and sampling see."""
     system = _system(wildcards)
-    return {
-        "type": system["type"],
-        "energy": system["energy"],
-        "temperatures": system["temperatures"][:1],
-    }
+    params = _target(system, system["temperatures"][:1])
+    if system["type"] == "molecule":
+        params.update(_cvs(system))  # the ESS monitor during training reports state populations
+    return params
 
 
 def flow_params(wildcards):
@@ -100,10 +173,10 @@ def sampling_params(wildcards):
 def reweight_params(wildcards):
     system = _system(wildcards)
     return {
-        "system": {"type": system["type"], "energy": system["energy"],
-                   "temperatures": system["temperatures"][:1], "states": system["states"]},
+        "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
         "bootstrap": system["analysis"]["bootstrap"],
         "seed": system["analysis"]["seed"],
+        "trim_fraction": system["analysis"]["trim_fraction"],
     }
 
 

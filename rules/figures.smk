@@ -3,7 +3,7 @@
 
 rule figure_free_energy_surfaces:
     input:
-        fes="results/{system}/analysis/fes_xy.nc",
+        surface="results/{system}/analysis/fes_surface.nc",
     output:
         report(
             "results/{system}/figures/free_energy_surfaces.png",
@@ -29,8 +29,7 @@ rule figure_free_energy_surfaces:
 
 rule figure_free_energy_profiles:
     input:
-        fes_x="results/{system}/analysis/fes_x.nc",
-        fes_y="results/{system}/analysis/fes_y.nc",
+        profiles="results/{system}/analysis/fes_profiles.nc",
     output:
         report(
             "results/{system}/figures/free_energy_profiles.png",
@@ -105,3 +104,30 @@ rule figure_training:
         runtime=10,
     script:
         "../workflow/scripts/figure_training.py"
+
+
+rule figure_energy_distributions:
+    input:
+        md=target_md_file,
+        samples="results/{system}/samples/flow.nc",
+    output:
+        report(
+            "results/{system}/figures/energy_distributions.png",
+            caption="../report/energy_distributions.rst",
+            category="{system}",
+            subcategory="diagnostics",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_energy_distributions.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_energy_distributions.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_energy_distributions.py"

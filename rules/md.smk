@@ -2,6 +2,8 @@
 
 
 rule md:
+    wildcard_constraints:
+        system=TOY_SYSTEMS,
     output:
         samples="results/{system}/md/{temperature}K.nc",
     params:
@@ -18,3 +20,55 @@ rule md:
         runtime=60,
     script:
         "../workflow/scripts/md.py"
+
+
+# ---------------------------------------------------------------- MD: replica exchange of a molecule over the ladder
+
+
+rule replica_exchange:
+    wildcard_constraints:
+        system=MOLECULE_SYSTEMS,
+    input:
+        pdb=molecule_pdb,
+    output:
+        replicas="results/{system}/md/replica_exchange.nc",
+    params:
+        system=replica_exchange_params,
+    log:
+        "results/{system}/logs/replica_exchange.log",
+    benchmark:
+        "results/{system}/benchmarks/replica_exchange.tsv"
+    conda:
+        "../envs/md.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    script:
+        "../workflow/scripts/replica_exchange.py"
+
+
+# One temperature of the run in the per-temperature MD contract, plus its AMBER NetCDF trajectory.
+rule replica_state:
+    wildcard_constraints:
+        system=MOLECULE_SYSTEMS,
+    input:
+        replicas="results/{system}/md/replica_exchange.nc",
+        pdb=molecule_pdb,
+    output:
+        samples="results/{system}/md/{temperature}K.nc",
+        trajectory="results/{system}/md/trajectories/{temperature}K.nc",
+    params:
+        system=replica_split_params,
+    log:
+        "results/{system}/logs/replica_state_{temperature}K.log",
+    benchmark:
+        "results/{system}/benchmarks/replica_state_{temperature}K.tsv"
+    conda:
+        "../envs/md.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../workflow/scripts/replica_state.py"

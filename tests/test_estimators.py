@@ -115,3 +115,23 @@ def test_state_delta_f_is_nan_when_the_reference_state_is_empty():
     states = (StateBox("ref", {"x": (0.0, 1.0)}), StateBox("other", {"x": (1.0, 2.0)}))
     cvs = {"x": np.array([1.5, 1.6])}
     assert np.isnan(estimators.state_delta_f(np.zeros(2), cvs, states)).all()
+
+
+def test_trimmed_log_weights_clip_only_the_top_fraction():
+    log_w = np.log(np.arange(1.0, 1001.0))
+    trimmed = estimators.trimmed_log_weights(log_w, 0.002)
+    assert np.array_equal(trimmed[:998], log_w[:998])
+    assert np.allclose(trimmed[998:], np.log(998.0))
+    assert estimators.ess_fraction(trimmed) > estimators.ess_fraction(log_w)
+
+
+def test_histogram_divergences_match_hand_computed_values():
+    p = np.array([0.5, 0.5, 0.0])
+    q = np.array([0.25, 0.5, 0.25])
+    kl, js = estimators.histogram_divergences(p, q)
+    assert kl == pytest.approx(0.5 * np.log(2.0))
+    m = 0.5 * (p + q)
+    expected_js = 0.5 * (0.5 * np.log(0.5 / m[0]) + 0.5 * np.log(0.5 / m[1])) + 0.5 * (
+        0.25 * np.log(0.25 / m[0]) + 0.5 * np.log(0.5 / m[1]) + 0.25 * np.log(0.25 / m[2]))
+    assert js == pytest.approx(expected_js)
+    assert estimators.histogram_divergences(p, p) == (0.0, 0.0)

@@ -24,6 +24,10 @@ import yaml
 from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
+SYSTEM_KINDS = ("toy2d", "molecule")
+
+#: The range of a dihedral CV in each unit: states and grids live in [-half_turn, half_turn].
+HALF_TURN = {"degrees": 180.0, "radians": math.pi}
 
 
 class ConfigError(ValueError):
@@ -86,6 +90,10 @@ def _resolve(ref: str, root: dict) -> dict:
 def validate_config(config: dict, schema: dict) -> dict:
     """Fill defaults and validate; return the config (modified in place) or raise ConfigError."""
     _fill_defaults(config, schema, schema)
+    for system in (config.get("systems") or {}).values():
+        # Each kind of system has its own defaults; the schema picks the kind by its type.
+        if isinstance(system, dict) and system.get("type") in SYSTEM_KINDS:
+            _fill_defaults(system, schema["$defs"][system["type"]], schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -97,6 +105,13 @@ def validate_config(config: dict, schema: dict) -> dict:
 
 
 def _check_system(name: str, system: dict) -> None:
+    if system["type"] == "molecule":
+        _check_molecule(name, system)
+    else:
+        _check_toy(name, system)
+
+
+def _check_toy(name: str, system: dict) -> None:
     key = f"systems.{name}"
     try:
         parse_expression(system["energy"], TOY_CVS)
@@ -128,11 +143,15 @@ def _check_system(name: str, system: dict) -> None:
                     raise ConfigError(
                         f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
                         f"bounds.{cv} = {[blo, bhi]}")
+    _check_disjoint(f"{key}.states", boxes)
+
+
+def _check_disjoint(key: str, boxes: dict) -> None:
     names = list(boxes)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
             if _boxes_overlap(boxes[first], boxes[second]):
-                raise ConfigError(f"{key}.states: {first} and {second} overlap; states must be disjoint")
+                raise ConfigError(f"{key}: {first} and {second} overlap; states must be disjoint")
 
 
 def temperature_label(temperature: float) -> str:
@@ -169,3 +188,52 @@ def state_box(key: str, box: dict, cvs=TOY_CVS) -> dict[str, tuple[float, float]
 def _boxes_overlap(a: dict, b: dict) -> bool:
     # Half-open intervals [lo, hi) overlap iff each starts before the other ends.
     return all(a[cv][0] < b[cv][1] and b[cv][0] < a[cv][1] for cv in a)
+
+
+def _check_molecule(name: str, system: dict) -> None:
+    """Checks that need no OpenMM: the PDB is readable, the CVs name real, distinct atoms, the states fit.
+
+    Whether the force field matches every residue needs OpenMM; the Snakefile checks it too when
+    OpenMM is importable (see rules/common.smk), and the MD job does in any case, first thing.
+    """
+    key = f"systems.{name}"
+    _check_temperatures(f"{key}.temperatures", system["temperatures"])
+    n_atoms = count_pdb_atoms(system["pdb"], f"{key}.pdb")
+    for cv, atoms in system["cvs"].items():
+        if len(set(atoms)) != 4:
+            raise ConfigError(f"{key}.cvs.{cv}: atom indices must be distinct, got {atoms}")
+        if max(atoms) >= n_atoms:
+            raise ConfigError(f"{key}.cvs.{cv}: atom index {max(atoms)} is out of range; "
+                              f"{system['pdb']} has {n_atoms} atoms (indices 0-{n_atoms - 1})")
+    half_turn = HALF_TURN[system["cv_units"]]
+    cvs = tuple(system["cvs"])
+    boxes = {}
+    for state, box in system["states"].items():
+        for cv in box:
+            if cv not in cvs:
+                raise ConfigError(f"{key}.states.{state}.{cv}: not a CV; expected one of {', '.join(cvs)}")
+        boxes[state] = state_box(f"{key}.states.{state}", box, cvs)
+        for cv, (lo, hi) in boxes[state].items():
+            if (math.isfinite(lo) and lo < -half_turn) or (math.isfinite(hi) and hi > half_turn):
+                raise ConfigError(f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
+                                  f"[{-half_turn:g}, {half_turn:g}] ({system['cv_units']})")
+    _check_disjoint(f"{key}.states", boxes)
+
+
+def count_pdb_atoms(path: str, key: str) -> int:
+    """Number of ATOM/HETATM records of the first model, or ConfigError naming the key and file."""
+    try:
+        with open(path) as handle:
+            lines = handle.readlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{key}: cannot read {path!r} ({error.__class__.__name__}: "
+                          f"{getattr(error, 'strerror', None) or error})") from None
+    n_atoms = 0
+    for line in lines:
+        if line.startswith("ENDMDL"):
+            break
+        if line.startswith(("ATOM  ", "HETATM")):
+            n_atoms += 1
+    if n_atoms == 0:
+        raise ConfigError(f"{key}: {path!r} has no ATOM or HETATM records; expected a PDB file")
+    return n_atoms

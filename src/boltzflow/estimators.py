@@ -95,6 +95,44 @@ def ess_fraction(log_w: np.ndarray) -> float:
     return float(np.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w)) / log_w.shape[-1])
 
 
+def trimmed_log_weights(log_w: np.ndarray, fraction: float) -> np.ndarray:
+    """Log-weights with the largest ``fraction`` of the finite ones clipped to the value below them.
+
+    The trimmed ESS says how much of a low raw ESS comes from a handful of extreme weights; estimates
+    from trimmed weights are biased, so boltzflow reports only the trimmed ESS, never trimmed ΔF.
+    """
+    log_w = np.asarray(log_w, dtype=float)
+    finite = log_w[np.isfinite(log_w)]
+    n_trim = int(np.floor(fraction * len(finite)))
+    if n_trim == 0:
+        return log_w.copy()
+    threshold = np.sort(finite)[-n_trim - 1]
+    return np.minimum(log_w, threshold)
+
+
+def histogram_divergences(reference: np.ndarray, model: np.ndarray, floor: float = 1e-12) -> tuple[float, float]:
+    """(KL(reference || model), Jensen-Shannon divergence) in nats between two histograms.
+
+    Both are normalized over bins first (NaN bins count as empty). Model bins with no mass get ``floor``
+    in the KL, so that a model missing a region the reference visits costs a large but finite penalty;
+    the JS divergence needs no floor and lies in [0, ln 2].
+    """
+    p = np.nan_to_num(np.asarray(reference, dtype=float), nan=0.0).ravel()
+    q = np.nan_to_num(np.asarray(model, dtype=float), nan=0.0).ravel()
+    if p.sum() <= 0 or q.sum() <= 0:
+        return np.nan, np.nan
+    p, q = p / p.sum(), q / q.sum()
+    seen = p > 0
+    kl = float(np.sum(p[seen] * np.log(p[seen] / np.maximum(q[seen], floor))))
+    m = 0.5 * (p + q)
+
+    def _kl_to_m(a):
+        mask = a > 0
+        return np.sum(a[mask] * np.log(a[mask] / m[mask]))
+
+    return kl, float(0.5 * _kl_to_m(p) + 0.5 * _kl_to_m(q))
+
+
 def log_partition_function(log_w: np.ndarray) -> float:
     """ln Z = ln mean(w) for log w = -u - log q: Z = ∫ exp(-u) dx in the units of x (nm² for toys)."""
     return float(logsumexp(log_w) - np.log(len(log_w)))

@@ -24,6 +24,11 @@ where each T_l is a spline coupling layer that transforms one subset of the coor
 conditioned on the complementary subset. ``loc`` and ``scale`` are a fixed (non-trained) affine
 standardization, so that the couplings act on roughly unit-scale coordinates, where the spline
 interval [-tail_bound, tail_bound] is meaningful.
+
+``MixedSplineCouplingFlow`` extends this to coordinates of which some are angles in radians (e.g.
+torsions), living on the circle [-π, π): their base distribution is uniform there, and they are
+transformed by circular splines (Rezende et al. 2020, arXiv:2002.02428), diffeomorphisms of the
+circle, so the density is periodic and smooth across the cut at ±π.
 """
 
 from __future__ import annotations
@@ -69,8 +74,7 @@ def rational_quadratic_spline(
     """
     bound = float(tail_bound)
     n_bins = unnormalized_widths.shape[-1]
-    if MIN_BIN_WIDTH * n_bins > 1.0 or MIN_BIN_HEIGHT * n_bins > 1.0:
-        raise ValueError(f"too many bins ({n_bins}) for the minimal bin width/height")
+    _check_bin_count(n_bins)
 
     inside = (inputs >= -bound) & (inputs <= bound)
     # Evaluate the spline on inputs clamped into the interval and select with torch.where: the
@@ -78,24 +82,108 @@ def rational_quadratic_spline(
     # Values exactly at +-B are inside and map to +-B (the knots there are pinned below).
     clamped = inputs.clamp(-bound, bound)
 
-    widths = F.softmax(unnormalized_widths, dim=-1)
-    widths = MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * n_bins) * widths
-    cumwidths = _knot_positions(widths, bound)
-    widths = cumwidths[..., 1:] - cumwidths[..., :-1]
-
-    heights = F.softmax(unnormalized_heights, dim=-1)
-    heights = MIN_BIN_HEIGHT + (1.0 - MIN_BIN_HEIGHT * n_bins) * heights
-    cumheights = _knot_positions(heights, bound)
-    heights = cumheights[..., 1:] - cumheights[..., :-1]
-
-    derivatives = MIN_DERIVATIVE + F.softplus(unnormalized_derivatives + _DERIVATIVE_SHIFT)
+    cumwidths = _knot_positions(_bin_fractions(unnormalized_widths, MIN_BIN_WIDTH), bound)
+    cumheights = _knot_positions(_bin_fractions(unnormalized_heights, MIN_BIN_HEIGHT), bound)
+    derivatives = _knot_derivatives(unnormalized_derivatives)
     ones = torch.ones_like(derivatives[..., :1])
     derivatives = torch.cat([ones, derivatives, ones], dim=-1)  # unit slope at both boundaries
+
+    spline_out, logabsdet = _spline_on_knots(clamped, cumwidths, cumheights, derivatives, inverse=inverse)
+    outputs = torch.where(inside, spline_out, inputs)
+    logabsdet = torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
+    return outputs, logabsdet
+
+
+def circular_rational_quadratic_spline(
+    inputs: torch.Tensor,
+    unnormalized_widths: torch.Tensor,
+    unnormalized_heights: torch.Tensor,
+    unnormalized_derivatives: torch.Tensor,
+    *,
+    inverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monotone rational-quadratic spline that is a diffeomorphism of the circle [-π, π) (radians).
+
+    Elementwise map of ``inputs`` (any shape ``S``, angles in radians; wrapped into [-π, π) first),
+    with parameters of shape ``S + [K]`` each (``K`` bins on [-π, π]). The knots at -π and π are
+    fixed points, and both take the same derivative, the *first* entry of
+    ``unnormalized_derivatives``; the other K - 1 entries are the interior knot derivatives. So the
+    map and its first derivative are continuous across the cut at ±π, as a circle map must be
+    (Rezende et al. 2020, "Normalizing flows on tori and spheres", section 2.1). All-zero
+    parameters give uniform bins and unit derivatives, i.e. the identity.
+
+    Returns ``(outputs, logabsdet)``, both of shape ``S``, with outputs in [-π, π): for
+    ``inverse=False`` y = g(x) and log|dg/dx|; for ``inverse=True`` x = g^{-1}(y) and
+    log|dg^{-1}/dy|. Unlike ``rational_quadratic_spline`` there are no tails: every angle is
+    transformed.
+    """
+    n_bins = unnormalized_widths.shape[-1]
+    _check_bin_count(n_bins)
+    if unnormalized_derivatives.shape[-1] != n_bins:
+        raise ValueError(
+            f"a circular spline with {n_bins} bins takes {n_bins} derivatives, got {unnormalized_derivatives.shape[-1]}"
+        )
+    angles = _wrap_angle(inputs)
+    cumwidths = _knot_positions(_bin_fractions(unnormalized_widths, MIN_BIN_WIDTH), math.pi)
+    cumheights = _knot_positions(_bin_fractions(unnormalized_heights, MIN_BIN_HEIGHT), math.pi)
+    derivatives = _knot_derivatives(unnormalized_derivatives)
+    derivatives = torch.cat([derivatives, derivatives[..., :1]], dim=-1)  # knot at π shares the one at -π
+    outputs, logabsdet = _spline_on_knots(angles, cumwidths, cumheights, derivatives, inverse=inverse)
+    # The knot at π is the knot at -π: an output rounded onto π belongs at -π.
+    return _wrap_angle(outputs), logabsdet
+
+
+def _wrap_angle(angles: torch.Tensor) -> torch.Tensor:
+    """Angles (radians) mapped into [-π, π); those already there are returned bit for bit.
+
+    Wrapping only what is outside keeps full precision near 0, where (a + π) - π would round.
+    """
+    inside = (angles >= -math.pi) & (angles < math.pi)
+    wrapped = torch.remainder(angles + math.pi, 2.0 * math.pi) - math.pi
+    # remainder can round up to exactly 2π for inputs a hair below a multiple of it.
+    wrapped = torch.where(wrapped >= math.pi, wrapped - 2.0 * math.pi, wrapped)
+    return torch.where(inside, angles, wrapped)
+
+
+def _check_bin_count(n_bins: int) -> None:
+    if MIN_BIN_WIDTH * n_bins > 1.0 or MIN_BIN_HEIGHT * n_bins > 1.0:
+        raise ValueError(f"too many bins ({n_bins}) for the minimal bin width/height")
+
+
+def _bin_fractions(unnormalized: torch.Tensor, min_fraction: float) -> torch.Tensor:
+    """Bin sizes as fractions of the interval, each at least ``min_fraction``, summing to 1."""
+    n_bins = unnormalized.shape[-1]
+    fractions = F.softmax(unnormalized, dim=-1)
+    return min_fraction + (1.0 - min_fraction * n_bins) * fractions
+
+
+def _knot_derivatives(unnormalized: torch.Tensor) -> torch.Tensor:
+    """Knot derivatives, at least MIN_DERIVATIVE; exactly 1 for a zero input."""
+    return MIN_DERIVATIVE + F.softplus(unnormalized + _DERIVATIVE_SHIFT)
+
+
+def _spline_on_knots(
+    inputs: torch.Tensor,
+    cumwidths: torch.Tensor,
+    cumheights: torch.Tensor,
+    derivatives: torch.Tensor,
+    *,
+    inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rational-quadratic spline through given knots, for inputs inside [first knot, last knot].
+
+    ``cumwidths`` and ``cumheights`` ``[..., K+1]`` are the knot positions on the input and output
+    axes, ``derivatives`` ``[..., K+1]`` the slopes at the knots. Returns the value and the
+    log-derivative of the direction computed, as ``rational_quadratic_spline`` does.
+    """
+    n_bins = cumwidths.shape[-1] - 1
+    widths = cumwidths[..., 1:] - cumwidths[..., :-1]
+    heights = cumheights[..., 1:] - cumheights[..., :-1]
 
     # Bin index = number of interior knots <= input, in [0, K-1]. The clamp guards against NaN
     # inputs and rounding at the boundary knots, so the gathers below can never go out of range.
     knots = cumheights if inverse else cumwidths
-    bin_idx = torch.searchsorted(knots[..., 1:-1].contiguous(), clamped[..., None].contiguous(), right=True)
+    bin_idx = torch.searchsorted(knots[..., 1:-1].contiguous(), inputs[..., None].contiguous(), right=True)
     bin_idx = bin_idx.clamp(0, n_bins - 1)
 
     def gather(t):
@@ -114,19 +202,19 @@ def rational_quadratic_spline(
     if inverse:
         # Solve y = y_k + h_k [s θ² + d_k θ(1-θ)] / [s + c θ(1-θ)] for θ: a θ² + b θ + c0 = 0,
         # using the numerically stable root 2 c0 / (-b - sqrt(b² - 4 a c0)) (appendix A of the paper).
-        dy = clamped - y_k
+        dy = inputs - y_k
         a = h_k * (s_k - d_k) + dy * curvature
         b = h_k * d_k - dy * curvature
         c0 = -s_k * dy
         discriminant = (b.pow(2) - 4.0 * a * c0).clamp_min(0.0)  # >= 0 mathematically; rounding aside
         theta = (2.0 * c0) / (-b - torch.sqrt(discriminant))
         theta = theta.clamp(0.0, 1.0)
-        spline_out = x_k + theta * w_k
+        outputs = x_k + theta * w_k
     else:
-        theta = ((clamped - x_k) / w_k).clamp(0.0, 1.0)
+        theta = ((inputs - x_k) / w_k).clamp(0.0, 1.0)
         t1mt = theta * (1.0 - theta)
         numerator = h_k * (s_k * theta.pow(2) + d_k * t1mt)
-        spline_out = y_k + numerator / (s_k + curvature * t1mt)
+        outputs = y_k + numerator / (s_k + curvature * t1mt)
 
     # log dg/dx at θ (eq. 5 of the paper); the inverse direction uses its negative.
     t1mt = theta * (1.0 - theta)
@@ -135,9 +223,6 @@ def rational_quadratic_spline(
     logabsdet = torch.log(derivative_numerator) - 2.0 * torch.log(denominator)
     if inverse:
         logabsdet = -logabsdet
-
-    outputs = torch.where(inside, spline_out, inputs)
-    logabsdet = torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
     return outputs, logabsdet
 
 
@@ -332,8 +417,273 @@ class SplineCouplingFlow(nn.Module):
         model's), so a seeded generator gives reproducible samples. For reparameterized gradients
         (reverse KL training) call ``forward`` on base noise instead.
         """
-        device, dtype = self.loc.device, self.loc.dtype
-        noise_device = generator.device if generator is not None else device
-        z = torch.randn(n, self.dim, generator=generator, device=noise_device, dtype=dtype).to(device)
+        z = self.sample_base(n, generator=generator)
         x, log_det = self.forward(z)
         return x, self.base_log_prob(z) - log_det
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ N(0, I) from the base distribution, [n, dim], on the model's device and dtype.
+
+        The noise is drawn on ``generator``'s device (the model's without one) and then moved, so a
+        seeded generator gives the same z whatever the model's device.
+        """
+        device, dtype = self.loc.device, self.loc.dtype
+        noise_device = generator.device if generator is not None else device
+        return torch.randn(n, self.dim, generator=generator, device=noise_device, dtype=dtype).to(device)
+
+
+class _MixedSplineCoupling(nn.Module):
+    """Coupling layer over real and circular coordinates (``circular[i]`` True: an angle in radians).
+
+    The transformed coordinates go through the linear-tailed spline (real ones) or the circular
+    spline (angles), with parameters from an MLP of the conditioning coordinates. That MLP sees
+    each conditioning angle as (cos, sin), so the layer is a smooth function on the torus. Same
+    directions and log|det| conventions as ``_SplineCoupling``.
+    """
+
+    def __init__(self, transform_idx, condition_idx, circular, hidden, n_hidden_layers, n_bins, tail_bound):
+        super().__init__()
+
+        def split(indices):
+            real = torch.as_tensor([i for i in indices if not circular[i]], dtype=torch.long)
+            angles = torch.as_tensor([i for i in indices if circular[i]], dtype=torch.long)
+            return real, angles
+
+        transform_real, transform_angles = split(transform_idx)
+        condition_real, condition_angles = split(condition_idx)
+        self.register_buffer("transform_real_idx", transform_real)
+        self.register_buffer("transform_circular_idx", transform_angles)
+        self.register_buffer("condition_real_idx", condition_real)
+        self.register_buffer("condition_circular_idx", condition_angles)
+        self.n_bins = n_bins
+        self.tail_bound = tail_bound
+        self._n_real = len(transform_real)
+        self._n_circular = len(transform_angles)
+        # Per coordinate: K widths, K heights, and K - 1 interior derivatives (real, the boundary
+        # slopes are pinned to 1) or K derivatives (angles, one shared by the knots at ±π).
+        self._n_real_params = self._n_real * (3 * n_bins - 1)
+        n_out = self._n_real_params + self._n_circular * 3 * n_bins
+        layers: list[nn.Module] = []
+        width_in = len(condition_real) + 2 * len(condition_angles)
+        for _ in range(n_hidden_layers):
+            layers += [nn.Linear(width_in, hidden), nn.SiLU()]
+            width_in = hidden
+        last = nn.Linear(width_in, n_out)
+        # Zero output -> uniform bins and unit derivatives in both spline kinds -> identity layer.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.conditioner = nn.Sequential(*layers)
+
+    def _features(self, inputs):
+        angles = inputs[:, self.condition_circular_idx]
+        return torch.cat([inputs[:, self.condition_real_idx], torch.cos(angles), torch.sin(angles)], dim=1)
+
+    def _transform(self, inputs, inverse):
+        params = self.conditioner(self._features(inputs))
+        batch, k = inputs.shape[0], self.n_bins
+        outputs = inputs
+        logabsdet = inputs.new_zeros(batch)
+        if self._n_real:
+            p = params[:, : self._n_real_params].reshape(batch, self._n_real, 3 * k - 1)
+            transformed, lad = rational_quadratic_spline(
+                inputs[:, self.transform_real_idx], p[..., :k], p[..., k : 2 * k], p[..., 2 * k :],
+                inverse=inverse, tail_bound=self.tail_bound,
+            )
+            outputs = outputs.index_copy(1, self.transform_real_idx, transformed)
+            logabsdet = logabsdet + lad.sum(dim=-1)
+        if self._n_circular:
+            p = params[:, self._n_real_params :].reshape(batch, self._n_circular, 3 * k)
+            transformed, lad = circular_rational_quadratic_spline(
+                inputs[:, self.transform_circular_idx], p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], inverse=inverse
+            )
+            outputs = outputs.index_copy(1, self.transform_circular_idx, transformed)
+            logabsdet = logabsdet + lad.sum(dim=-1)
+        return outputs, logabsdet
+
+    def forward(self, inputs):
+        return self._transform(inputs, inverse=False)
+
+    def inverse(self, inputs):
+        return self._transform(inputs, inverse=True)
+
+
+class MixedSplineCouplingFlow(nn.Module):
+    """Coupling flow over real coordinates and angles (e.g. torsions), with spline couplings.
+
+    Coordinate i is an angle in radians when ``circular[i]`` is True, and real-valued otherwise.
+    The base distribution is N(0, 1) on each real coordinate and Uniform[-π, π) on each angle
+    (log density -log 2π), independently. In the generative direction
+
+        x_i = loc_i + scale_i * h_i             (real i),
+        x_i = wrap(h_i + circular_loc_i)        (angle i),   h = (T_L ∘ ... ∘ T_1)(z),
+
+    where wrap maps into [-π, π). Each coupling layer T_l transforms its real coordinates with the
+    linear-tailed rational-quadratic spline and its angles with the circular spline
+    (``circular_rational_quadratic_spline``), conditioned on the other coordinates, angles entering
+    the conditioner as (cos, sin). So the flow is a diffeomorphism of R^n_real × (circle)^n_angle,
+    and angle outputs (``forward``'s x, ``inverse``'s z) always lie in [-π, π); angle inputs may be
+    given unwrapped. Densities are with respect to the Lebesgue measure on that product, in the
+    units of x (radians for the angles); the rotation by ``circular_loc`` has unit Jacobian.
+
+    Parameters are those of ``SplineCouplingFlow``, plus:
+
+    circular:
+        List of ``dim`` bools, True for the angle coordinates.
+    loc, scale:
+        Standardization of the real coordinates, shape [dim]; the entries at angle positions are
+        ignored (stored as 0 and 1).
+    circular_loc:
+        Fixed rotation of each angle, shape [dim] in radians (default 0; entries at real positions
+        ignored and stored as 0), e.g. the circular mean of the data, so that the couplings start
+        from a distribution centred where the data are. Stored wrapped into [-π, π).
+
+    ``loc``, ``scale`` and ``circular_loc`` are buffers (in the state dict, following ``.to`` and
+    ``.double()``). The flow starts as the identity after the standardization, i.e.
+    q = N(loc, diag(scale²)) on the real coordinates times the uniform distribution on the angles.
+    ``forward``, ``inverse``, ``log_prob``, ``sample`` and ``config`` follow ``SplineCouplingFlow``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        circular: list[bool],
+        n_layers: int = 8,
+        hidden: int = 64,
+        n_hidden_layers: int = 2,
+        n_bins: int = 8,
+        tail_bound: float = 5.0,
+        loc: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        circular_loc: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if dim < 2:
+            raise ValueError(f"dim must be >= 2 for a coupling flow, got {dim}")
+        if n_layers < 2:
+            raise ValueError(f"n_layers must be >= 2 so that every coordinate is transformed, got {n_layers}")
+        if n_bins < 1 or hidden < 1 or n_hidden_layers < 1:
+            raise ValueError("n_bins, hidden and n_hidden_layers must be positive")
+        if not tail_bound > 0:
+            raise ValueError(f"tail_bound must be positive, got {tail_bound}")
+        circular = [bool(c) for c in circular]
+        if len(circular) != dim:
+            raise ValueError(f"circular must have {dim} entries, got {len(circular)}")
+        self._config = dict(
+            dim=int(dim),
+            circular=circular,
+            n_layers=int(n_layers),
+            hidden=int(hidden),
+            n_hidden_layers=int(n_hidden_layers),
+            n_bins=int(n_bins),
+            tail_bound=float(tail_bound),
+        )
+
+        dtype = torch.get_default_dtype()
+
+        def per_coordinate(value, default, name):
+            if value is None:
+                return torch.full((dim,), default, dtype=dtype)
+            value = torch.as_tensor(value, dtype=dtype).detach().clone()
+            if value.shape != (dim,):
+                raise ValueError(f"{name} must have shape [{dim}], got {tuple(value.shape)}")
+            return value
+
+        is_angle = torch.tensor(circular, dtype=torch.bool)
+        loc = torch.where(is_angle, 0.0, per_coordinate(loc, 0.0, "loc"))
+        scale = torch.where(is_angle, 1.0, per_coordinate(scale, 1.0, "scale"))
+        circular_loc = torch.where(is_angle, _wrap_angle(per_coordinate(circular_loc, 0.0, "circular_loc")), 0.0)
+        if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("loc must be finite and scale finite and positive at the real coordinates")
+        if not torch.isfinite(circular_loc).all():
+            raise ValueError("circular_loc must be finite at the angle coordinates")
+        # loc first: train_flow takes the model's device and dtype from its first buffer.
+        self.register_buffer("loc", loc)
+        self.register_buffer("scale", scale)
+        self.register_buffer("circular_loc", circular_loc)
+        self.register_buffer("circular_mask", is_angle)
+        # Derived from config, so left out of the state dict.
+        self.register_buffer("real_idx", (~is_angle).nonzero()[:, 0], persistent=False)
+        self.register_buffer("circular_idx", is_angle.nonzero()[:, 0], persistent=False)
+        self.layers = nn.ModuleList(
+            _MixedSplineCoupling(t, c, circular, hidden, n_hidden_layers, n_bins, float(tail_bound))
+            for t, c in _coupling_partitions(dim, n_layers)
+        )
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (ints, floats and the list of bools ``circular``), so that
+        ``MixedSplineCouplingFlow(**config)`` followed by ``load_state_dict`` rebuilds the model."""
+        config = dict(self._config)
+        config["circular"] = list(config["circular"])
+        return config
+
+    @property
+    def dim(self) -> int:
+        return self._config["dim"]
+
+    @property
+    def circular(self) -> list[bool]:
+        """Which coordinates are angles (radians)."""
+        return list(self._config["circular"])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
+        log_det = z.new_zeros(z.shape[0])
+        h = z
+        for layer in self.layers:
+            h, ld = layer(h)
+            log_det = log_det + ld
+        x = torch.where(self.circular_mask, _wrap_angle(h + self.circular_loc), self.loc + self.scale * h)
+        return x, log_det + torch.log(self.scale).sum()  # scale is 1 at the angles
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
+        h = torch.where(self.circular_mask, _wrap_angle(x - self.circular_loc), (x - self.loc) / self.scale)
+        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
+        for layer in reversed(self.layers):
+            h, ld = layer.inverse(h)
+            log_det = log_det + ld
+        return h, log_det
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log of N(0, 1) per real coordinate times 1/(2π) per angle, shape [batch].
+
+        Angles are taken to lie on the circle (any real value stands for its wrapped angle).
+        """
+        gaussian = -0.5 * z.pow(2) - 0.5 * math.log(2.0 * math.pi)
+        per_coordinate = torch.where(self.circular_mask, -math.log(2.0 * math.pi), gaussian)
+        return per_coordinate.sum(dim=-1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) = base_log_prob(z) + log|det dz/dx| with z = inverse(x), shape [batch]."""
+        z, log_det = self.inverse(x)
+        return self.base_log_prob(z) + log_det
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
+
+        As ``SplineCouplingFlow.sample``: reproducible with a seeded ``generator``; for
+        reparameterized gradients call ``forward`` on ``sample_base`` instead.
+        """
+        z = self.sample_base(n, generator=generator)
+        x, log_det = self.forward(z)
+        return x, self.base_log_prob(z) - log_det
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z [n, dim] from the base distribution, on the model's device and dtype.
+
+        The real coordinates are drawn first (``randn``, [n, n_real]), then the angles (``rand``,
+        [n, n_angles], mapped onto [-π, π)), both on ``generator``'s device (the model's without
+        one) and then moved, so a seeded generator gives the same z whatever the model's device.
+        """
+        device, dtype = self.loc.device, self.loc.dtype
+        noise_device = generator.device if generator is not None else device
+        n_real, n_angles = self.real_idx.numel(), self.circular_idx.numel()
+        gaussian = torch.randn(n, n_real, generator=generator, device=noise_device, dtype=dtype).to(device)
+        uniform = torch.rand(n, n_angles, generator=generator, device=noise_device, dtype=dtype).to(device)
+        # Rounding can land 2π u - π on π itself; that angle is -π.
+        angles = _wrap_angle(2.0 * math.pi * uniform - math.pi)
+        z = torch.empty(n, self.dim, device=device, dtype=dtype)
+        return z.index_copy(1, self.real_idx, gaussian).index_copy(1, self.circular_idx, angles)

@@ -1,6 +1,6 @@
 """Figures (seaborn/matplotlib) drawn from the netCDF outputs; each function returns a Figure.
 
-Free energies are plotted in kT at the target temperature, positions in nm.
+Free energies are plotted in kT at the target temperature; CV axes carry the units stored with them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from boltzflow.systems import kt_kj_mol  # noqa: E402
+
 LABELS = {"mbar": "MD (MBAR)", "flow": "flow, reweighted", "flow_raw": "flow, unweighted"}
 
 
@@ -21,40 +23,51 @@ def _label(estimator: str) -> str:
     return LABELS.get(estimator, estimator)
 
 
-def free_energy_surfaces(fes_xy: xr.Dataset, max_kt: float = 10.0, style: str = "ticks"):
-    """One panel per estimator: F(x, y) shifted to a minimum of 0, clipped at ``max_kt``."""
+def _surface_variable(dataset: xr.Dataset) -> str:
+    return next(name for name in dataset.data_vars if name.startswith("F_"))
+
+
+def _axis_label(dataset: xr.Dataset, cv: str) -> str:
+    return f"{cv} / {dataset[cv].attrs.get('units', '')}".rstrip(" /")
+
+
+def free_energy_surfaces(surface: xr.Dataset, max_kt: float = 10.0, style: str = "ticks"):
+    """One panel per estimator: F over the first two CVs, shifted to a minimum of 0, clipped at ``max_kt``."""
     sns.set_theme(style=style)
-    estimators = [str(e) for e in fes_xy["estimator"].values]
+    name = _surface_variable(surface)
+    first, second = [d for d in surface[name].dims if d != "estimator"]
+    estimators = [str(e) for e in surface["estimator"].values]
     fig, axes = plt.subplots(1, len(estimators), figsize=(4.2 * len(estimators), 3.8),
                              sharex=True, sharey=True, constrained_layout=True)
     axes = np.atleast_1d(axes)
     levels = np.linspace(0, max_kt, 21)
     for ax, estimator in zip(axes, estimators):
-        surface = fes_xy["F"].sel(estimator=estimator)
-        shifted = (surface - surface.min()).clip(max=max_kt)
-        mesh = ax.contourf(fes_xy["x"], fes_xy["y"], shifted.T, levels=levels, cmap="viridis")
+        values = surface[name].sel(estimator=estimator)
+        shifted = (values - values.min()).clip(max=max_kt)
+        mesh = ax.contourf(surface[first], surface[second], shifted.T, levels=levels, cmap="viridis")
         ax.set_title(_label(estimator))
-        ax.set_xlabel("x / nm")
-    axes[0].set_ylabel("y / nm")
+        ax.set_xlabel(_axis_label(surface, first))
+    axes[0].set_ylabel(_axis_label(surface, second))
     fig.colorbar(mesh, ax=axes, label="F / kT")
     return fig
 
 
-def free_energy_profiles(profiles: dict[str, xr.Dataset], style: str = "ticks"):
+def free_energy_profiles(profiles: xr.Dataset, style: str = "ticks"):
     """1D profiles F(cv) per estimator with ±1 standard-error bands, one panel per CV."""
     sns.set_theme(style=style)
-    fig, axes = plt.subplots(1, len(profiles), figsize=(5 * len(profiles), 3.6), constrained_layout=True)
+    cvs = [name[2:] for name in profiles.data_vars if name.startswith("F_")]
+    fig, axes = plt.subplots(1, len(cvs), figsize=(5 * len(cvs), 3.6), constrained_layout=True)
     axes = np.atleast_1d(axes)
     palette = sns.color_palette("colorblind")
-    for ax, (cv, fes) in zip(axes, profiles.items()):
-        for colour, estimator in zip(palette, fes["estimator"].values):
-            f = fes["F"].sel(estimator=estimator).values
-            df = fes["dF"].sel(estimator=estimator).values
-            shift = np.nanmin(fes["F"].sel(estimator="mbar").values)
-            centres = fes[cv].values
+    for ax, cv in zip(axes, cvs):
+        shift = np.nanmin(profiles[f"F_{cv}"].sel(estimator="mbar").values)
+        for colour, estimator in zip(palette, profiles["estimator"].values):
+            f = profiles[f"F_{cv}"].sel(estimator=estimator).values
+            df = profiles[f"dF_{cv}"].sel(estimator=estimator).values
+            centres = profiles[cv].values
             ax.plot(centres, f - shift, color=colour, label=_label(str(estimator)))
             ax.fill_between(centres, f - df - shift, f + df - shift, color=colour, alpha=0.25, linewidth=0)
-        ax.set_xlabel(f"{cv} / nm")
+        ax.set_xlabel(_axis_label(profiles, cv))
         ax.set_ylabel("F / kT")
     axes[-1].legend(frameon=False)
     return fig
@@ -69,6 +82,30 @@ def log_weight_histogram(log_w: np.ndarray, ess_fraction: float, style: str = "t
     ax.set_xlabel("ln w − max ln w")
     ax.set_ylabel("samples")
     ax.set_title(f"ESS/N = {ess_fraction:.3f}, {len(log_w) - len(finite)} dropped")
+    return fig
+
+
+def energy_distributions(md: xr.Dataset, samples: xr.Dataset, style: str = "ticks"):
+    """Histograms of the potential energy (kJ/mol): MD, flow samples, and flow samples weighted by w."""
+    sns.set_theme(style=style)
+    md_energy = md["energy"].values
+    temperature = float(samples.attrs["temperature_k"])
+    flow_energy = samples["reduced_energy"].values * kt_kj_mol(temperature)
+    log_w = samples["log_w"].values
+    finite = np.isfinite(flow_energy) & np.isfinite(log_w)
+    weights = np.exp(log_w[finite] - log_w[finite].max())
+    lo, hi = np.quantile(md_energy, [0.001, 0.999])
+    margin = 0.25 * (hi - lo)
+    bins = np.linspace(lo - margin, hi + margin, 80)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    ax.hist(md_energy, bins=bins, density=True, histtype="step", lw=2, color="k", label="MD")
+    ax.hist(flow_energy[finite], bins=bins, density=True, histtype="step", color="C1", label=_label("flow_raw"))
+    ax.hist(flow_energy[finite], bins=bins, weights=weights, density=True, histtype="step", color="C0",
+            label=_label("flow"))
+    ax.set_xlabel("potential energy / kJ mol⁻¹")
+    ax.set_ylabel("density")
+    ax.set_title(f"{temperature:g} K, {int((~finite).sum())} non-finite samples left out")
+    ax.legend(frameon=False)
     return fig
 
 

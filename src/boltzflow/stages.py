@@ -54,22 +54,44 @@ def md_stage(system: Toy2DSystem, temperature_k: float, settings: LangevinSettin
 # ---------------------------------------------------------------- MBAR reference
 
 
-def grid_edges(system: Toy2DSystem, positions: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+def grid_edges(system, positions: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     """Histogram edges per CV: the configured bounds, else the sampled range of the target-temperature MD."""
     edges = {}
-    for i, cv in enumerate(system.cvs):
+    values = system.cv_values(positions)
+    for cv in system.cvs:
         if system.bounds and cv in system.bounds:
             lo, hi = system.bounds[cv]
         else:
-            lo, hi = np.quantile(positions[:, i], [0.0005, 0.9995])
+            lo, hi = np.quantile(values[cv], [0.0005, 0.9995])
             margin = 0.05 * (hi - lo)
             lo, hi = lo - margin, hi + margin
         edges[cv] = np.linspace(lo, hi, bins + 1)
     return edges
 
 
-def mbar_stage(system: Toy2DSystem, md: list[xr.Dataset], bins: int, log=print):
-    """MBAR over the ladder → (ladder free energies, reference observables at the target temperature)."""
+def surface_name(system) -> str:
+    """Variable name of the 2D free-energy surface over the first two CVs: F_xy, F_phipsi, ..."""
+    return "F_" + "".join(system.cvs[:2])
+
+
+def cv_units(system) -> str:
+    return getattr(system, "cv_units", "nm")
+
+
+def independent_samples(md: xr.Dataset) -> xr.Dataset:
+    """The effectively independent samples of an MD file (all of them unless it marks a subset)."""
+    if "independent" in md:
+        return md.isel(sample=md["independent"].values.astype(bool))
+    return md
+
+
+def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
+    """MBAR over the ladder → (ladder free energies, reference observables at the target temperature).
+
+    ``md`` holds one dataset per temperature of the ladder (first = target); only their independent
+    samples enter MBAR.
+    """
+    md = [independent_samples(ds) for ds in md]
     energies = [ds["energy"].values for ds in md]
     positions = np.concatenate([ds["positions"].values for ds in md])
     pooled = np.concatenate(energies)
@@ -101,18 +123,21 @@ def mbar_stage(system: Toy2DSystem, md: list[xr.Dataset], bins: int, log=print):
         observables[f"F_{cv}"] = _var(cv, profile, "kT", f"free-energy profile along {cv}")
         observables[f"dF_{cv}"] = _var(cv, error, "kT", f"standard error of F_{cv}")
     log_w_target = np.log(mbar.weights()[:, 0])
-    surface = estimators.weighted_surface(cvs["x"], cvs["y"], log_w_target, edges["x"], edges["y"])
-    observables["F_xy"] = _var(("x", "y"), surface, "kT", "free-energy surface -ln p(x, y)")
+    first, second = system.cvs[:2]
+    surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
+    observables[surface_name(system)] = _var(system.cvs[:2], surface, "kT",
+                                             f"free-energy surface -ln p({first}, {second})")
     observables.attrs["n_samples"] = int(n_k.sum())
     return ladder, observables
 
 
-def _grid_coords(system: Toy2DSystem, edges: dict[str, np.ndarray]) -> dict:
+def _grid_coords(system, edges: dict[str, np.ndarray]) -> dict:
     """Coordinates shared by every estimate: state names, bin centres and bin edges per CV."""
+    units = cv_units(system)
     coords = {"state": [s.name for s in system.states]}
     for cv, cv_edges in edges.items():
-        coords[cv] = (cv, 0.5 * (cv_edges[1:] + cv_edges[:-1]), {"units": "nm", "long_name": f"{cv} bin centre"})
-        coords[f"{cv}_edges"] = (f"{cv}_edge", cv_edges, {"units": "nm", "long_name": f"{cv} bin edges"})
+        coords[cv] = (cv, 0.5 * (cv_edges[1:] + cv_edges[:-1]), {"units": units, "long_name": f"{cv} bin centre"})
+        coords[f"{cv}_edges"] = (f"{cv}_edge", cv_edges, {"units": units, "long_name": f"{cv} bin edges"})
     return coords
 
 
@@ -164,19 +189,30 @@ def save_flow(model, path) -> None:
 
     from boltzflow.io import atomic_path
 
+    kind = "toy" if isinstance(model, _toy_flow_class()) else "molecule"
     with atomic_path(path) as temporary:
-        torch.save({"config": model.config, "state_dict": model.state_dict()}, temporary)
+        torch.save({"kind": kind, "config": model.config, "state_dict": model.state_dict()}, temporary)
 
 
 def load_flow(path):
+    """A SplineCouplingFlow (toy systems) or a BoltzmannGenerator (molecules), in eval mode."""
     import torch
 
-    from boltzflow.flows import SplineCouplingFlow
+    from boltzflow.generators import BoltzmannGenerator
 
     saved = torch.load(path, weights_only=True, map_location="cpu")
-    model = SplineCouplingFlow(**saved["config"])
+    if saved.get("kind", "toy") == "molecule":
+        model = BoltzmannGenerator.from_config(saved["config"])
+    else:
+        model = _toy_flow_class()(**saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.eval()
+
+
+def _toy_flow_class():
+    from boltzflow.flows import SplineCouplingFlow
+
+    return SplineCouplingFlow
 
 
 def sample_stage(system: Toy2DSystem, model, settings: dict, log=print) -> xr.Dataset:
@@ -203,16 +239,25 @@ def curves_dataset(curves: dict) -> xr.Dataset:
     )
 
 
-def samples_dataset(system: Toy2DSystem, x, log_q, u) -> xr.Dataset:
+def samples_dataset(system, x, log_q, u) -> xr.Dataset:
+    """Model samples with ln q, u and the log-weights; x is [n, cv] for toys, [n, atom, spatial] for molecules."""
     log_w, n_nonfinite = estimators.log_weights(u, log_q)
+    if isinstance(system, Toy2DSystem):
+        positions = _var(("sample", "cv"), x, "nm", "model sample")
+        coords = {"cv": list(system.cvs)}
+        density = "model log-density ln q(x) (x in nm)"
+    else:
+        positions = _var(("sample", "atom", "spatial"), x, "nm", "model sample, Cartesian, canonical frame")
+        coords = {"spatial": ["x", "y", "z"]}
+        density = "model log-density ln q over internal coordinates minus their log-Jacobian (NaN: outside the map)"
     return xr.Dataset(
         {
-            "positions": _var(("sample", "cv"), x, "nm", "model sample"),
-            "log_q": _var("sample", log_q, "1", "model log-density ln q(x) (x in nm)"),
+            "positions": positions,
+            "log_q": _var("sample", log_q, "1", density),
             "reduced_energy": _var("sample", u, "1", "reduced energy u = E / kT at the target temperature"),
             "log_w": _var("sample", log_w, "1", "log importance weight -u - ln q (-inf: non-finite, dropped)"),
         },
-        coords={"cv": list(system.cvs)},
+        coords=coords,
         attrs={"n_nonfinite": n_nonfinite, "temperature_k": system.target_temperature_k},
     )
 
@@ -220,11 +265,13 @@ def samples_dataset(system: Toy2DSystem, x, log_q, u) -> xr.Dataset:
 # ---------------------------------------------------------------- reweighting
 
 
-def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dataset,
-                   estimator: str, replicates: int, seed: int, log=print) -> xr.Dataset:
+def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimator: str, replicates: int,
+                   seed: int, trim_fraction: float = 0.002, log=print) -> xr.Dataset:
     """Importance-reweighted estimates from model samples, plus the unweighted model as ``{estimator}_raw``.
 
-    ΔF, profiles and ln Z carry bootstrap standard errors over ``replicates`` resamples.
+    ΔF, profiles and ln Z carry bootstrap standard errors over ``replicates`` resamples. ESS/N is
+    reported raw and with the top ``trim_fraction`` of log-weights clipped (``ess_fraction_trimmed``);
+    the KL and JS divergences compare the 2D histogram over the first two CVs with MBAR's.
     """
     positions = samples["positions"].values
     cvs = system.cv_values(positions)
@@ -242,15 +289,16 @@ def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dat
 
     # The raw model is every sample with equal weight, whatever its energy.
     raw = np.zeros(n)
-    results = {estimator: estimators.bootstrap(statistics, log_w, replicates, seed),
-               f"{estimator}_raw": estimators.bootstrap(statistics, raw, replicates, seed)}
-    ess = {estimator: estimators.ess_fraction(log_w), f"{estimator}_raw": np.nan}
-    log(f"{estimator}: ESS/N = {ess[estimator]:.4f} over {n} samples")
+    names = [estimator, f"{estimator}_raw"]
+    results = [estimators.bootstrap(statistics, lw, replicates, seed) for lw in (log_w, raw)]
+    ess = [estimators.ess_fraction(log_w), np.nan]
+    ess_trimmed = [estimators.ess_fraction(estimators.trimmed_log_weights(log_w, trim_fraction)), np.nan]
+    log(f"{estimator}: ESS/N = {ess[0]:.4f} raw, {ess_trimmed[0]:.4f} with the top {trim_fraction:.2%} "
+        f"of log-weights trimmed, over {n} samples")
 
-    names = list(results)
     n_states = len(system.states)
-    values = np.stack([results[e].estimate for e in names])
-    errors = np.stack([results[e].standard_error for e in names])
+    values = np.stack([r.estimate for r in results])
+    errors = np.stack([r.standard_error for r in results])
     log_z = values[:, n_states].copy()
     log_z_err = errors[:, n_states].copy()
     log_z[1:], log_z_err[1:] = np.nan, np.nan  # an unweighted model has no ln Z estimate
@@ -259,8 +307,10 @@ def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dat
                               "state free energy relative to the first state")
     dataset["delta_f_err"] = _var(("estimator", "state"), errors[:, :n_states], "kT",
                                   "bootstrap standard error of delta_f")
-    dataset["ess_fraction"] = _var("estimator", [ess[e] for e in names], "1", "Kish effective sample size / N")
-    dataset["log_z"] = _var("estimator", log_z, "1", "ln Z = ln ∫ exp(-u) dx dy, x and y in nm")
+    dataset["ess_fraction"] = _var("estimator", ess, "1", "Kish effective sample size / N (raw weights)")
+    dataset["ess_fraction_trimmed"] = _var("estimator", ess_trimmed, "1",
+                                           f"Kish ESS / N with the top {trim_fraction:g} of log-weights clipped")
+    dataset["log_z"] = _var("estimator", log_z, "1", log_z_long_name(system))
     dataset["log_z_err"] = _var("estimator", log_z_err, "1", "bootstrap standard error of log_z")
     dataset["n_samples"] = _var("estimator", [n] * len(names), "1", "number of model samples")
     start = n_states + 1
@@ -269,10 +319,26 @@ def reweight_stage(system: Toy2DSystem, samples: xr.Dataset, observables: xr.Dat
         dataset[f"F_{cv}"] = _var(("estimator", cv), values[:, start:stop], "kT", f"free-energy profile along {cv}")
         dataset[f"dF_{cv}"] = _var(("estimator", cv), errors[:, start:stop], "kT", f"bootstrap standard error of F_{cv}")
         start = stop
-    surfaces = [estimators.weighted_surface(cvs["x"], cvs["y"], lw, edges["x"], edges["y"]) for lw in (log_w, raw)]
-    dataset["F_xy"] = _var(("estimator", "x", "y"), surfaces, "kT", "free-energy surface -ln p(x, y)")
+    first, second = system.cvs[:2]
+    surfaces = [estimators.weighted_surface(cvs[first], cvs[second], lw, edges[first], edges[second])
+                for lw in (log_w, raw)]
+    dataset[surface_name(system)] = _var(("estimator", first, second), surfaces, "kT",
+                                         f"free-energy surface -ln p({first}, {second})")
+    area = np.outer(np.diff(edges[first]), np.diff(edges[second]))
+    reference = np.exp(-observables[surface_name(system)].values) * area
+    divergences = [estimators.histogram_divergences(reference, np.exp(-surface) * area) for surface in surfaces]
+    dataset["kl_divergence"] = _var("estimator", [d[0] for d in divergences], "1",
+                                    f"KL(MBAR || estimate) of the ({first}, {second}) histogram, nats")
+    dataset["js_divergence"] = _var("estimator", [d[1] for d in divergences], "1",
+                                    f"Jensen-Shannon divergence from MBAR of the ({first}, {second}) histogram, nats")
     dataset.attrs["n_nonfinite"] = n_dropped
     return dataset
+
+
+def log_z_long_name(system) -> str:
+    if isinstance(system, Toy2DSystem):
+        return "ln Z = ln ∫ exp(-u) dx dy, x and y in nm"
+    return "ln Z over internal coordinates (bonds nm, angles rad), rigid-body motion excluded"
 
 
 # ---------------------------------------------------------------- summary
@@ -290,14 +356,21 @@ def benchmark_cpu_seconds(paths) -> float:
     return total
 
 
-def summary_stage(system: Toy2DSystem, observables: xr.Dataset, estimates: list[xr.Dataset],
-                  cpu_seconds: dict[str, float]):
-    """Combine the MBAR reference and every model estimator → (summary, {cv: fes}, fes_xy)."""
+SUMMARY_VARIABLES = ["delta_f", "delta_f_err", "ess_fraction", "ess_fraction_trimmed", "log_z", "log_z_err",
+                     "kl_divergence", "js_divergence", "n_samples", "cpu_seconds"]
+
+
+def summary_stage(system, observables: xr.Dataset, estimates: list[xr.Dataset], cpu_seconds: dict[str, float]):
+    """Combine the MBAR reference and every model estimator → (summary, profiles, surface)."""
     reference = observables.expand_dims(estimator=["mbar"])
+    nan = [np.nan]
     rows = [reference.assign(
-        ess_fraction=_var("estimator", [np.nan], "1", "Kish effective sample size / N"),
-        log_z=_var("estimator", [np.nan], "1", "ln Z = ln ∫ exp(-u) dx dy, x and y in nm"),
-        log_z_err=_var("estimator", [np.nan], "1", "standard error of log_z"),
+        ess_fraction=_var("estimator", nan, "1", "Kish effective sample size / N (raw weights)"),
+        ess_fraction_trimmed=_var("estimator", nan, "1", "Kish ESS / N with the top log-weights clipped"),
+        log_z=_var("estimator", nan, "1", log_z_long_name(system)),
+        log_z_err=_var("estimator", nan, "1", "standard error of log_z"),
+        kl_divergence=_var("estimator", [0.0], "1", "KL(MBAR || estimate) of the 2D CV histogram, nats"),
+        js_divergence=_var("estimator", [0.0], "1", "Jensen-Shannon divergence from MBAR, nats"),
         n_samples=_var("estimator", [observables.attrs["n_samples"]], "1", "number of samples used"),
     )]
     rows += estimates
@@ -307,24 +380,20 @@ def summary_stage(system: Toy2DSystem, observables: xr.Dataset, estimates: list[
     names = [str(e) for e in combined["estimator"].values]
     combined["cpu_seconds"] = _var("estimator", [cpu_seconds.get(e, np.nan) for e in names], "s",
                                    "CPU seconds of the rules that produced the estimate (benchmark files)")
-    summary_vars = ["delta_f", "delta_f_err", "ess_fraction", "log_z", "log_z_err", "n_samples", "cpu_seconds"]
-    summary = combined[summary_vars].drop_vars(
+    summary = combined[SUMMARY_VARIABLES].drop_vars(
         [c for c in combined.coords if c not in ("estimator", "state")], errors="ignore")
     summary["delta_f"].attrs["long_name"] = (
         f"state free energy relative to {system.states[0].name} at {system.target_temperature_k:g} K")
-    fes = {}
-    for cv in system.cvs:
-        fes[cv] = xr.Dataset(
-            {"F": combined[f"F_{cv}"].assign_attrs(units="kT", long_name=f"free-energy profile along {cv}"),
-             "dF": combined[f"dF_{cv}"].assign_attrs(units="kT", long_name="standard error of F")},
-        ).drop_vars([c for c in combined.coords if c not in ("estimator", cv)], errors="ignore")
-    fes_xy = xr.Dataset({"F": combined["F_xy"].assign_attrs(units="kT", long_name="free-energy surface -ln p(x, y)")})
-    fes_xy = fes_xy.drop_vars([c for c in fes_xy.coords if c not in ("estimator", "x", "y")])
-    return summary, fes, fes_xy
+    profile_vars = [f"{prefix}_{cv}" for cv in system.cvs for prefix in ("F", "dF")]
+    keep = {"estimator", *system.cvs, *(f"{cv}_edges" for cv in system.cvs)}
+    profiles = combined[profile_vars].drop_vars([c for c in combined.coords if c not in keep], errors="ignore")
+    keep_surface = {"estimator", *system.cvs[:2], *(f"{cv}_edges" for cv in system.cvs[:2])}
+    surface = combined[[surface_name(system)]].drop_vars(
+        [c for c in combined.coords if c not in keep_surface], errors="ignore")
+    return summary, profiles, surface
 
 
 def summary_table(summary: xr.Dataset):
     """The summary as a long table: one row per (estimator, state)."""
     table = summary.to_dataframe().reset_index()
-    return table[["estimator", "state", "delta_f", "delta_f_err", "ess_fraction", "log_z", "log_z_err",
-                  "n_samples", "cpu_seconds"]]
+    return table[["estimator", "state", *SUMMARY_VARIABLES]]

@@ -9,6 +9,7 @@ Reduced energies are u = E / kT (dimensionless), with kT in kJ/mol at the temper
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,3 +118,80 @@ def toy_system_from_config(name: str, system_config: dict) -> Toy2DSystem:
         states=tuple(states),
         bounds={cv: (float(lo), float(hi)) for cv, (lo, hi) in bounds.items()} if bounds else None,
     )
+
+
+@dataclass(frozen=True)
+class MoleculeSystem:
+    """A molecule from a PDB file with an OpenMM force field (implicit solvent or vacuum, no cutoff).
+
+    Positions are Cartesian, [..., n_atoms, 3] in nm. The CVs are dihedral angles given by four atom
+    indices each, reported in ``cv_units`` (degrees or radians) in [-half turn, half turn). Energies
+    come from OpenMM (``boltzflow.molecules``); the OpenMM objects are built on first use, so a
+    system can be described (and its CVs computed) without them.
+    """
+
+    name: str
+    pdb_path: str
+    forcefield: tuple[str, ...]
+    constraints: str
+    temperatures_k: tuple[float, ...]
+    cv_atoms: dict[str, tuple[int, int, int, int]]
+    cv_units: str
+    states: tuple[StateBox, ...]
+
+    @property
+    def cvs(self) -> tuple[str, ...]:
+        return tuple(self.cv_atoms)
+
+    @property
+    def target_temperature_k(self) -> float:
+        return self.temperatures_k[0]
+
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        half_turn = 180.0 if self.cv_units == "degrees" else math.pi
+        return {cv: (-half_turn, half_turn) for cv in self.cvs}
+
+    def cv_values(self, positions_nm: np.ndarray) -> dict[str, np.ndarray]:
+        """Dihedral CVs in ``cv_units`` for positions [n, n_atoms, 3] in nm."""
+        from boltzflow.coordinates import dihedral_angles
+
+        quads = np.array([self.cv_atoms[cv] for cv in self.cvs])
+        angles = dihedral_angles(np.asarray(positions_nm, dtype=np.float64), quads)
+        if self.cv_units == "degrees":
+            angles = np.degrees(angles)
+        # The upper edge belongs to the lower end, so that every angle falls in one half-open state box.
+        half_turn = self.bounds[self.cvs[0]][1]
+        angles = np.where(angles >= half_turn, angles - 2 * half_turn, angles)
+        return {cv: angles[:, i] for i, cv in enumerate(self.cvs)}
+
+    def load(self):
+        """The OpenMM side: a :class:`boltzflow.molecules.Molecule` (topology, system, positions)."""
+        from boltzflow.molecules import load_molecule
+
+        return load_molecule(self.pdb_path, self.forcefield, self.constraints)
+
+
+def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
+    from boltzflow.config import state_box
+
+    cvs = tuple(system_config.get("cvs", {}))
+    states = [StateBox(state, state_box(f"states.{state}", box, cvs))
+              for state, box in system_config.get("states", {}).items()]
+    return MoleculeSystem(
+        name=name,
+        pdb_path=system_config["pdb"],
+        forcefield=tuple(system_config["forcefield"]),
+        constraints=system_config["constraints"],
+        temperatures_k=tuple(float(t) for t in system_config["temperatures"]),
+        cv_atoms={cv: tuple(int(i) for i in atoms) for cv, atoms in system_config.get("cvs", {}).items()},
+        cv_units=system_config.get("cv_units", "degrees"),
+        states=tuple(states),
+    )
+
+
+def system_from_config(name: str, system_config: dict):
+    """A :class:`Toy2DSystem` or :class:`MoleculeSystem`, by the config block's ``type``."""
+    if system_config["type"] == "molecule":
+        return molecule_system_from_config(name, system_config)
+    return toy_system_from_config(name, system_config)

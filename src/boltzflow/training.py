@@ -40,11 +40,12 @@ def train_flow(
     log_every: int = 100,
     checkpoint_path: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit ``model`` (a flow with ``log_prob``, ``forward`` and ``base_log_prob``) to ``data`` in place.
+    """Fit ``model`` (a flow with ``log_prob``, ``forward``, ``base_log_prob`` and ``sample_base``) to
+    ``data`` in place.
 
     Loss per step: mean NLL, -log q(x), over a minibatch of training samples, plus, when
     ``energy_weight > 0`` and ``reduced_energy`` is given, ``energy_weight`` times the reverse-KL
-    term mean_{z ~ N(0, I)} [u(x) + log q(x)] with x = model.forward(z) (reparameterized, so it is
+    term mean_{z ~ base} [u(x) + log q(x)] with x = model.forward(z) (reparameterized, so it is
     differentiable in the flow parameters). ``reduced_energy`` maps a float64 tensor [b, dim] to u [b],
     differentiably. Flow samples whose energy (or log q) is not finite are dropped from that mean
     and counted; such an energy is evaluated again on the finite samples alone, so that inf/NaN in
@@ -152,7 +153,7 @@ def train_flow(
         loss = nll
 
         if use_energy:
-            z = torch.randn(energy_batch_size, dim, generator=sample_gen, device=device, dtype=dtype)
+            z = model.sample_base(energy_batch_size, generator=sample_gen)
             rkl, dropped = _reverse_kl(model, z, reduced_energy)
             nonfinite += dropped
             if rkl is not None:

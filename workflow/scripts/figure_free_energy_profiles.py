@@ -1,4 +1,4 @@
-"""Rule figure_free_energy_profiles: F(x) and F(y) per estimator with error bands."""
+"""Rule figure_free_energy_profiles: F along each CV per estimator with error bands."""
 
 from _bootstrap import start
 
@@ -7,7 +7,5 @@ log = start(snakemake)  # noqa: F821
 from boltzflow.io import read_netcdf  # noqa: E402
 from boltzflow.plots import free_energy_profiles, save_figure  # noqa: E402
 
-inputs = snakemake.input  # noqa: F821
-profiles = {"x": read_netcdf(inputs.fes_x), "y": read_netcdf(inputs.fes_y)}
-figure = free_energy_profiles(profiles, snakemake.params.figures["style"])  # noqa: F821
+figure = free_energy_profiles(read_netcdf(snakemake.input.profiles), snakemake.params.figures["style"])  # noqa: F821
 save_figure(figure, snakemake.output[0])  # noqa: F821

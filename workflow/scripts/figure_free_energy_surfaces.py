@@ -1,4 +1,4 @@
-"""Rule figure_free_energy_surfaces: F(x, y) per estimator."""
+"""Rule figure_free_energy_surfaces: F over the first two CVs per estimator."""
 
 from _bootstrap import start
 
@@ -8,5 +8,5 @@ from boltzflow.io import read_netcdf  # noqa: E402
 from boltzflow.plots import free_energy_surfaces, save_figure  # noqa: E402
 
 settings = snakemake.params.figures  # noqa: F821
-figure = free_energy_surfaces(read_netcdf(snakemake.input.fes), settings["max_kt"], settings["style"])  # noqa: F821
+figure = free_energy_surfaces(read_netcdf(snakemake.input.surface), settings["max_kt"], settings["style"])  # noqa: F821
 save_figure(figure, snakemake.output[0])  # noqa: F821

@@ -6,11 +6,12 @@ log = start(snakemake)  # noqa: F821
 
 from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
 from boltzflow.stages import reweight_stage  # noqa: E402
-from boltzflow.systems import toy_system_from_config  # noqa: E402
+from boltzflow.systems import system_from_config  # noqa: E402
 
 params = snakemake.params.settings  # noqa: F821
-system = toy_system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
+system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
 estimates = reweight_stage(
     system, read_netcdf(snakemake.input.samples), read_netcdf(snakemake.input.observables),  # noqa: F821
-    estimator=snakemake.wildcards.model, replicates=params["bootstrap"], seed=params["seed"], log=log)  # noqa: F821
+    estimator=snakemake.wildcards.model, replicates=params["bootstrap"], seed=params["seed"],
+    trim_fraction=params["trim_fraction"], log=log)  # noqa: F821
 write_netcdf(estimates, snakemake.output.estimates, config=params)  # noqa: F821
