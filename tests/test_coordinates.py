@@ -134,6 +134,24 @@ def test_zmatrix_of_alanine_dipeptide_uses_proper_heavy_atom_torsions_from_the_c
 
     assert zmatrix.order[0] == ALANINE_CA
     assert heavy[zmatrix.order[:10]].all(), "heavy atoms are placed before hydrogens"
+    # Bonds and angles are measured from heavy atoms only; a hydrogen serves only as the sibling
+    # reference of another hydrogen on the same atom (methyl rotors are one coordinate).
+    assert heavy[zmatrix.references[:, :2][zmatrix.references[:, :2] >= 0]].all()
+    for i, j, k, l_atom in zmatrix.torsion_quads:
+        assert {frozenset((i, j)), frozenset((j, k))} <= bonded
+        sibling = frozenset((j, l_atom)) in bonded
+        assert sibling or frozenset((k, l_atom)) in bonded
+        if not heavy[l_atom]:
+            assert sibling and not heavy[i]
+    # Backbone dihedrals are proper torsions of the Z-matrix: phi and psi.
+    quads = {tuple(q) for q in zmatrix.torsion_quads.tolist()}
+    assert {(4, 6, 8, 14), (6, 8, 14, 16)} <= quads or {(4, 6, 8, 10), (6, 8, 10, 16)} <= quads
+
+
+def test_sibling_torsions_can_be_switched_off():
+    zmatrix = build_zmatrix(ALANINE_BONDS, 22, ALANINE_HEAVY, sibling_torsions=False)
+    bonded = {frozenset(b) for b in ALANINE_BONDS}
+    heavy = np.array(ALANINE_HEAVY)
     assert heavy[zmatrix.references[zmatrix.references >= 0]].all(), "no hydrogen is a reference"
     for i, j, k, l_atom in zmatrix.torsion_quads:
         assert {frozenset((i, j)), frozenset((j, k)), frozenset((k, l_atom))} <= bonded

@@ -125,7 +125,8 @@ def _graph_distances(neighbours: list[list[int]], source: int) -> np.ndarray:
 
 
 def build_zmatrix(
-    bonds: Iterable[Sequence[int]], n_atoms: int, heavy: Sequence[bool] | None = None
+    bonds: Iterable[Sequence[int]], n_atoms: int, heavy: Sequence[bool] | None = None,
+    sibling_torsions: bool = True,
 ) -> ZMatrix:
     """Build a deterministic Z-matrix from a molecule's bond graph.
 
@@ -141,6 +142,12 @@ def build_zmatrix(
     that, of a0). Each later atom i gets references (j, k, l) forming a bonded chain i-j-k-l (a proper
     torsion) where one exists among the placed atoms; otherwise l is any placed atom bonded to j or k
     (an improper-style reference).
+
+    With ``sibling_torsions`` (the default), an atom whose bond partner j already carries a placed
+    neighbour s other than k (a sibling: the second and third hydrogen of a methyl group, or CB after
+    C on CA) is measured from it instead, as the torsion i-j-k-s. That angle is nearly fixed by the
+    local geometry (about ±120°), so the rotation of a whole group is one coordinate (the first
+    sibling's proper torsion) rather than several that move together, which is far easier for a flow.
 
     Raises:
         ValueError: fewer than 3 atoms, an invalid bond, or a disconnected graph.
@@ -199,7 +206,7 @@ def build_zmatrix(
         ]
         # Heavy atoms first (breadth-first from a0), so hydrogens find heavy references later.
         atom = min(frontier, key=lambda a: (not is_heavy[a], from_a0[a], a))
-        references.append(_choose_references(atom, neighbours, position, is_heavy))
+        references.append(_choose_references(atom, neighbours, position, is_heavy, sibling_torsions))
         position[atom] = len(order)
         order.append(atom)
 
@@ -207,11 +214,13 @@ def build_zmatrix(
 
 
 def _choose_references(
-    atom: int, neighbours: list[list[int]], position: dict[int, int], is_heavy: np.ndarray
+    atom: int, neighbours: list[list[int]], position: dict[int, int], is_heavy: np.ndarray,
+    sibling_torsions: bool = True,
 ) -> tuple[int, int, int]:
     """References (j, k, l) for ``atom`` among the placed atoms (keys of ``position``).
 
-    Ranked by: proper torsion chain first, then fewest hydrogen references, then earliest placed.
+    Ranked by: a sibling reference (l bonded to j) first if ``sibling_torsions``, else a proper torsion
+    chain first; then fewest hydrogen references (k and j heavy), then earliest placed.
     """
     candidates = []
     for j in neighbours[atom]:
@@ -225,7 +234,8 @@ def _choose_references(
                 if l_atom not in position or l_atom in (j, k):
                     continue
                 n_hydrogens = sum(not is_heavy[r] for r in (j, k, l_atom))
-                rank = (not proper, n_hydrogens, position[j], position[k], position[l_atom])
+                first = proper if not sibling_torsions else not proper
+                rank = (not first, n_hydrogens, position[j], position[k], position[l_atom])
                 candidates.append((rank, (j, k, l_atom)))
     if not candidates:
         # Unreachable for a connected placed set of >= 3 atoms; kept as a clear failure mode.

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.devices import select_device
-from boltzflow.stages import _var
+from boltzflow.stages import ESS_MONITOR_SAMPLES, _var
 from boltzflow.systems import MoleculeSystem, kt_kj_mol
 
 #: Replica exchange settings taken from the ``md`` config block (the platform is resolved first).
@@ -123,6 +123,7 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     from boltzflow.coordinates import InternalCoordinates, build_zmatrix
     from boltzflow.flows import MixedSplineCouplingFlow
     from boltzflow.generators import BoltzmannGenerator
+    from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
     from boltzflow.training import train_flow
 
     device = select_device(settings["device"], log=log)
@@ -144,23 +145,18 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
         f"{coordinates.dim} internal coordinates ({int(circular.sum())} torsions, circular), "
         f"{sum(p.numel() for p in flow.parameters())} parameters")
 
-    evaluator = None
-    reduced_energy = None
-    if settings["energy_weight"] > 0:
-        from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
-
-        evaluator = EnergyEvaluator(molecule, platform="Reference", n_workers=energy_workers)
-        reduced_energy = generator.reduced_energy_internal(
-            reduced_energy_function(evaluator, kt_kj_mol(system.target_temperature_k)))
+    # OpenMM energies for the energy term (if on) and for the ESS monitor at every record.
+    evaluator = EnergyEvaluator(molecule, platform="Reference", n_workers=energy_workers)
+    reduced_energy = generator.reduced_energy_internal(
+        reduced_energy_function(evaluator, kt_kj_mol(system.target_temperature_k)))
     try:
         curves = train_flow(
-            flow.to(device), data.to(device), reduced_energy=reduced_energy,
+            flow.to(device), data.to(device), reduced_energy=reduced_energy, ess_samples=ESS_MONITOR_SAMPLES,
             steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
             energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
             seed=settings["seed"], log=log, checkpoint_path=checkpoint_path)
     finally:
-        if evaluator is not None:
-            evaluator.close()
+        evaluator.close()
     generator.flow = flow.cpu()
     return generator, curves
 

@@ -110,9 +110,9 @@ def energy_distributions(md: xr.Dataset, samples: xr.Dataset, style: str = "tick
 
 
 def training_curves(curves: xr.Dataset, style: str = "ticks"):
-    """Training and validation negative log-likelihood (and reverse KL if used) against optimizer step."""
+    """Left: training and validation NLL (and the reverse-KL term if used); right: ESS/N over training."""
     sns.set_theme(style=style)
-    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
+    fig, (ax, ax_ess) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
     ax.plot(curves["step"], curves["train_nll"], label="train NLL")
     ax.plot(curves["step"], curves["validation_nll"], label="validation NLL")
     if np.isfinite(curves["reverse_kl"].values).any():
@@ -120,6 +120,11 @@ def training_curves(curves: xr.Dataset, style: str = "ticks"):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("nats per sample")
     ax.legend(frameon=False)
+    if "ess_fraction" in curves:
+        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color="C3")
+    ax_ess.set_yscale("log")
+    ax_ess.set_xlabel("optimizer step")
+    ax_ess.set_ylabel("ESS / N (monitor samples)")
     return fig
 
 

@@ -150,6 +150,9 @@ def edges_from(observables: xr.Dataset, cv: str) -> np.ndarray:
 
 FLOW_ARCHITECTURE = ("n_layers", "hidden", "n_hidden_layers", "n_bins", "tail_bound")
 
+#: Flow samples drawn at every training record to follow ESS/N over training (fixed noise).
+ESS_MONITOR_SAMPLES = 2000
+
 
 def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=print, checkpoint_path=None):
     """Train a spline coupling flow on the target-temperature MD samples → (model, curves).
@@ -176,7 +179,7 @@ def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=pri
         return system.reduced_energy(x.double()).to(x.dtype)
 
     curves = train_flow(
-        model, data, reduced_energy=reduced_energy if settings["energy_weight"] > 0 else None,
+        model, data, reduced_energy=reduced_energy, ess_samples=ESS_MONITOR_SAMPLES,
         steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
         energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
         seed=settings["seed"], log=log, checkpoint_path=checkpoint_path)
@@ -233,6 +236,8 @@ def curves_dataset(curves: dict) -> xr.Dataset:
                                    "validation negative log-likelihood per sample"),
             "reverse_kl": _var("step", curves["reverse_kl"], "1",
                                "reverse KL term E_q[u + ln q] (up to ln Z; NaN if unused)"),
+            "ess_fraction": _var("step", curves["ess_fraction"], "1",
+                                 "Kish ESS / N of monitor samples from the flow at that step"),
             "learning_rate": _var("step", curves["learning_rate"], "1", "learning rate"),
         },
         coords={"step": ("step", curves["step"], {"units": "1", "long_name": "optimizer step"})},

@@ -39,6 +39,7 @@ def train_flow(
     log: Callable[[str], None] = print,
     log_every: int = 100,
     checkpoint_path: str | Path | None = None,
+    ess_samples: int = 0,
 ) -> dict[str, np.ndarray]:
     """Fit ``model`` (a flow with ``log_prob``, ``forward``, ``base_log_prob`` and ``sample_base``) to
     ``data`` in place.
@@ -68,6 +69,10 @@ def train_flow(
     - ``validation_nll``: NLL on the whole validation split at that step (nats/sample, eval mode);
     - ``reverse_kl``: mean of the reverse-KL term over the steps since the previous record
       (nats/sample; NaN if not used);
+    - ``ess_fraction``: Kish ESS/N of ``ess_samples`` fresh flow samples reweighted to
+      exp(-reduced_energy), at that step (NaN if ``ess_samples`` is 0 or no ``reduced_energy`` is given;
+      the energy term need not be on). The samples come from a generator of their own, so monitoring
+      does not change the training;
     - ``learning_rate``: the learning rate used for the recorded step;
     - ``nonfinite_energy``: number of flow samples dropped for non-finite energy since the previous
       record (int; 0 if not used);
@@ -119,7 +124,8 @@ def train_flow(
 
     records: dict[str, list] = {
         key: []
-        for key in ("step", "train_nll", "validation_nll", "reverse_kl", "learning_rate", "nonfinite_energy", "skipped_steps")
+        for key in ("step", "train_nll", "validation_nll", "reverse_kl", "ess_fraction", "learning_rate",
+                    "nonfinite_energy", "skipped_steps")
     }
     # Accumulators since the previous record.
     nll_sum, nll_count = 0.0, 0
@@ -181,6 +187,9 @@ def train_flow(
             records["train_nll"].append(train_nll)
             records["validation_nll"].append(val_nll)
             records["reverse_kl"].append(rkl_mean)
+            ess = _ess_fraction(model, reduced_energy, ess_samples, seed) if ess_samples else math.nan
+            model.train()
+            records["ess_fraction"].append(ess)
             records["learning_rate"].append(current_lr)
             records["nonfinite_energy"].append(nonfinite)
             records["skipped_steps"].append(skipped)
@@ -192,6 +201,8 @@ def train_flow(
                 message += f"  reverse KL {rkl_mean:.4f}"
                 if nonfinite:
                     message += f" ({nonfinite} non-finite energies dropped)"
+            if math.isfinite(ess):
+                message += f"  ESS/N {ess:.4f}"
             if skipped:
                 message += f"  {skipped} steps skipped (non-finite gradient)"
             message += f"  lr {current_lr:.2e}  {elapsed:.1f} s elapsed, ETA {eta:.1f} s"
@@ -235,6 +246,23 @@ def _reverse_kl(model, z, reduced_energy) -> tuple[torch.Tensor | None, int]:
             n_dropped += int((~kept).sum().item())
             return None, n_dropped
     return (u + log_q).mean(), n_dropped
+
+
+@torch.no_grad()
+def _ess_fraction(model, reduced_energy, n: int, seed: int) -> float:
+    """Kish ESS/N of n flow samples with weights exp(-u - log q); NaN without an energy."""
+    if reduced_energy is None:
+        return math.nan
+    model.eval()
+    # The same noise at every record (a generator of its own): the curve shows the model changing,
+    # not the noise, and the training streams are untouched.
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 3)
+    x, log_q = model.sample(n, generator=generator)
+    log_w = -reduced_energy(x.to(torch.float64)).to(torch.float64) - log_q.to(torch.float64)
+    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
+    if not torch.isfinite(log_w).any():
+        return 0.0
+    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n)
 
 
 @torch.no_grad()
