@@ -10,6 +10,8 @@ from workflow_helpers import ROOT, copy_workflow, snakemake
 
 SCHEMA = load_schema(ROOT / "config/schema.yaml")
 DEFAULT = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+# The PDB path is relative to the working directory of a run; the tests may run from anywhere.
+DEFAULT["systems"]["alanine_dipeptide"]["pdb"] = str(ROOT / "data/alanine_dipeptide.pdb")
 
 
 def _config_with(path: str, value):
@@ -48,6 +50,17 @@ BAD = [
     ("systems.double_well.bounds", {"x": [-2.5, 2.5]}, "'y' is a required property"),
     ("systems.double_well.temperatures", [300, 300.0000001], "cannot be named exactly"),
     ("systems.double_well.temperatures", [300, 1.5e6], "cannot be named exactly"),
+    ("systems.alanine_dipeptide.pdb", "no/such.pdb", "systems.alanine_dipeptide.pdb: cannot read 'no/such.pdb'"),
+    ("systems.alanine_dipeptide.pdb", str(ROOT / "README.md"), "has no ATOM or HETATM records"),
+    ("systems.alanine_dipeptide.cvs.phi", [4, 6, 8, 22], "systems.alanine_dipeptide.cvs.phi: atom index 22 is out of range"),
+    ("systems.alanine_dipeptide.cvs.phi", [4, 6, 6, 10], "systems.alanine_dipeptide.cvs.phi: atom indices must be distinct"),
+    ("systems.alanine_dipeptide.cvs.phi", [4, 6, 8], "systems.alanine_dipeptide.cvs.phi"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"omega": [0, 180]}, "not a CV; expected one of phi, psi"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [0, 270]}, "lies outside [-180, 180] (degrees)"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [-10, 180]}, "phi_negative and phi_positive overlap"),
+    ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
+    ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
+    ("systems.alanine_dipeptide.cv_units", "gradians", "systems.alanine_dipeptide.cv_units"),
 ]
 
 
@@ -89,3 +102,18 @@ def test_snakemake_lint_is_clean(tmp_path):
     assert result.returncode == 0, output
     assert "Congratulations, your workflow is in a good condition!" in output
     assert "Lints for" not in output
+
+
+def test_snakemake_rejects_a_residue_the_force_field_cannot_match(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    pdb = (ROOT / "data/alanine_dipeptide.pdb").read_text().replace(" ALA ", " XYZ ")
+    (workdir / "data/bad.pdb").write_text(pdb)
+    (workdir / "bad.yaml").write_text("systems:\n  alanine_dipeptide:\n    pdb: data/bad.pdb\n")
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "invalid config" in line]
+    assert len(lines) == 1
+    assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.pdb: residue 2 (XYZ)")
+    assert not (workdir / "results").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", "report", "profiles", "src"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow", "config", "envs", "report", "profiles", "src", "data"]
 
 
 def copy_workflow(destination: Path) -> Path:

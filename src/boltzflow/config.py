@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from boltzflow.cvs import StateError
+from boltzflow.cvs import state_box as cvs_state_box
 from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
@@ -176,13 +178,10 @@ def _check_temperatures(key: str, temperatures: list) -> None:
 
 def state_box(key: str, box: dict, cvs=TOY_CVS) -> dict[str, tuple[float, float]]:
     """Complete a state box: a missing CV is unbounded. Intervals are half-open [lo, hi)."""
-    full = {}
-    for cv in cvs:
-        lo, hi = box.get(cv, (-math.inf, math.inf))
-        if not lo < hi:
-            raise ConfigError(f"{key}.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")
-        full[cv] = (float(lo), float(hi))
-    return full
+    try:
+        return cvs_state_box(key, box, cvs)
+    except StateError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _boxes_overlap(a: dict, b: dict) -> bool:

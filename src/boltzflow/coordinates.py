@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from boltzflow.cvs import dihedral_angles as numpy_dihedral_angles
+
 #: Marker in :attr:`ZMatrix.references` for a reference the atom does not have (the first three
 #: atoms are placed by the global frame, not by a bond/angle/torsion triple).
 NO_REFERENCE = -1
@@ -296,8 +298,7 @@ def dihedral_angles(positions, quads):
     """
     if isinstance(positions, torch.Tensor):
         return dihedral_angles_torch(positions, quads)
-    positions = torch.as_tensor(np.asarray(positions, dtype=np.float64))
-    return dihedral_angles_torch(positions, np.asarray(quads)).numpy()
+    return numpy_dihedral_angles(positions, quads)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from boltzflow.systems import StateBox
+from boltzflow.cvs import StateBox
 
 # Reduced potential used for "outside this state" in MBAR's perturbed free energies: large enough that
 # exp(-u) underflows to exactly 0, finite so that pymbar's uncertainty algebra stays free of inf - inf.

@@ -12,7 +12,8 @@ import xarray as xr
 
 from boltzflow.devices import select_device
 from boltzflow.stages import ESS_MONITOR_SAMPLES, _var
-from boltzflow.systems import MoleculeSystem, kt_kj_mol
+from boltzflow.systems import MoleculeSystem
+from boltzflow.units import kt_kj_mol
 
 #: Replica exchange settings taken from the ``md`` config block (the platform is resolved first).
 REPLICA_EXCHANGE_KEYS = ("steps_per_exchange", "exchanges", "equilibration_exchanges", "report_interval",
@@ -28,7 +29,7 @@ def replica_exchange_stage(system: MoleculeSystem, md_settings: dict, log=print,
     from boltzflow.molecules import platform_properties, select_platform
     from boltzflow.replica_exchange import ReplicaExchangeSettings, run_replica_exchange
 
-    molecule = system.load()
+    molecule = _load(system)
     platform = select_platform(md_settings["platform"], molecule, log=log, cpu_threads=threads)
     settings = ReplicaExchangeSettings(**{key: md_settings[key] for key in REPLICA_EXCHANGE_KEYS},
                                        platform=platform, platform_properties=platform_properties(platform, threads))
@@ -128,7 +129,7 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
 
     device = select_device(settings["device"], log=log)
     torch.manual_seed(settings["seed"])
-    molecule = system.load()
+    molecule = _load(system)
     zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
     coordinates = InternalCoordinates(zmatrix)
     positions = torch.as_tensor(target_md["positions"].values, dtype=torch.float64)
@@ -168,10 +169,16 @@ def molecule_sample_stage(system: MoleculeSystem, generator, settings: dict, log
     from boltzflow.stages import samples_dataset
 
     generator = generator.to(select_device(settings["device"], log=log))
-    molecule = system.load()
+    molecule = _load(system)
     with EnergyEvaluator(molecule, platform="Reference", n_workers=energy_workers) as evaluator:
         reduced_energy = reduced_energy_function(evaluator, kt_kj_mol(system.target_temperature_k))
         x, log_q, u = sample_flow(generator, reduced_energy, settings["n_samples"], settings["seed"],
                                   settings["batch_size"], log=log)
         log(f"OpenMM energies: {evaluator.samples_per_second:,.0f} samples/s with {energy_workers} worker(s)")
     return samples_dataset(system, x, log_q, u)
+
+
+def _load(system: MoleculeSystem):
+    from boltzflow.molecules import load_molecule
+
+    return load_molecule(system.pdb_path, system.forcefield, system.constraints)

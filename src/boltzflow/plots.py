@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from boltzflow.systems import kt_kj_mol  # noqa: E402
+from boltzflow.units import kt_kj_mol  # noqa: E402
 
 LABELS = {"mbar": "MD (MBAR)", "flow": "flow, reweighted", "flow_raw": "flow, unweighted"}
 

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from boltzflow.io import atomic_path
-from boltzflow.systems import MOLAR_GAS_CONSTANT_KJ_MOL_K
+from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K
 
 #: Local energy minimisation before the run: tolerance in kJ/mol/nm and an iteration cap, so a strained
 #: starting structure cannot make the first steps blow up, and minimisation cannot run for ever.

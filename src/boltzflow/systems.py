@@ -14,29 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from boltzflow.cvs import StateBox, dihedral_angles, state_box
 from boltzflow.expression import Expression, parse_expression
+from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K, kt_kj_mol  # noqa: F401 (re-exported)
 
-#: Molar gas constant in kJ/(mol K) (CODATA 2018, the value OpenMM uses).
-MOLAR_GAS_CONSTANT_KJ_MOL_K = 8.314462618e-3
-
-
-def kt_kj_mol(temperature_k: float) -> float:
-    """Thermal energy kT in kJ/mol at a temperature in K."""
-    return MOLAR_GAS_CONSTANT_KJ_MOL_K * temperature_k
-
-
-@dataclass(frozen=True)
-class StateBox:
-    """A metastable state: a box in CV space, half-open intervals [lo, hi) per CV."""
-
-    name: str
-    intervals: dict[str, tuple[float, float]]
-
-    def contains(self, cvs: dict[str, np.ndarray]) -> np.ndarray:
-        inside = np.ones(len(next(iter(cvs.values()))), dtype=bool)
-        for cv, (lo, hi) in self.intervals.items():
-            inside &= (cvs[cv] >= lo) & (cvs[cv] < hi)
-        return inside
 
 
 @dataclass(frozen=True)
@@ -106,9 +87,7 @@ def toy_system_from_config(name: str, system_config: dict) -> Toy2DSystem:
     Stages receive only the keys they depend on (so that Snakemake reruns exactly what a change
     affects): ``states`` and ``bounds`` may be absent.
     """
-    from boltzflow.config import state_box
-
-    states = [StateBox(state, state_box(f"states.{state}", box))
+    states = [StateBox(state, state_box(f"states.{state}", box, ("x", "y")))
               for state, box in system_config.get("states", {}).items()]
     bounds = system_config.get("bounds")
     return Toy2DSystem(
@@ -126,8 +105,8 @@ class MoleculeSystem:
 
     Positions are Cartesian, [..., n_atoms, 3] in nm. The CVs are dihedral angles given by four atom
     indices each, reported in ``cv_units`` (degrees or radians) in [-half turn, half turn). Energies
-    come from OpenMM (``boltzflow.molecules``); the OpenMM objects are built on first use, so a
-    system can be described (and its CVs computed) without them.
+    come from OpenMM (``boltzflow.molecules.load_molecule`` builds the OpenMM objects); this class only
+    describes the system, so the analysis stages need no OpenMM.
     """
 
     name: str
@@ -154,8 +133,6 @@ class MoleculeSystem:
 
     def cv_values(self, positions_nm: np.ndarray) -> dict[str, np.ndarray]:
         """Dihedral CVs in ``cv_units`` for positions [n, n_atoms, 3] in nm."""
-        from boltzflow.coordinates import dihedral_angles
-
         quads = np.array([self.cv_atoms[cv] for cv in self.cvs])
         angles = dihedral_angles(np.asarray(positions_nm, dtype=np.float64), quads)
         if self.cv_units == "degrees":
@@ -165,16 +142,8 @@ class MoleculeSystem:
         angles = np.where(angles >= half_turn, angles - 2 * half_turn, angles)
         return {cv: angles[:, i] for i, cv in enumerate(self.cvs)}
 
-    def load(self):
-        """The OpenMM side: a :class:`boltzflow.molecules.Molecule` (topology, system, positions)."""
-        from boltzflow.molecules import load_molecule
-
-        return load_molecule(self.pdb_path, self.forcefield, self.constraints)
-
 
 def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
-    from boltzflow.config import state_box
-
     cvs = tuple(system_config.get("cvs", {}))
     states = [StateBox(state, state_box(f"states.{state}", box, cvs))
               for state, box in system_config.get("states", {}).items()]
