@@ -1,4 +1,8 @@
-"""End to end: config/test.yaml through the real Snakemake workflow, checked against 2D quadrature."""
+"""End to end: config/test.yaml through the real Snakemake workflow.
+
+Toy systems are checked against 2D quadrature; alanine dipeptide against its own MBAR reference, and its
+trajectories against mdtraj.
+"""
 
 import math
 
@@ -13,8 +17,9 @@ from workflow_helpers import ROOT, copy_workflow, merged_config, snakemake
 
 pytestmark = pytest.mark.slow
 
-SYSTEMS = ["mueller_brown", "double_well"]
-FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training"]
+TOY_SYSTEMS = ["mueller_brown", "double_well"]
+SYSTEMS = [*TOY_SYSTEMS, "alanine_dipeptide"]
+FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training", "energy_distributions"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def quadrature_delta_f(system_config: dict, name: str) -> np.ndarray:
     return -np.log(mass / mass[0])
 
 
-@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("system", TOY_SYSTEMS)
 def test_state_free_energies_match_quadrature(run, config, system):
     truth = quadrature_delta_f(config["systems"][system], system)
     summary = xr.open_dataset(run / f"results/{system}/summary.nc")
@@ -74,9 +79,14 @@ def test_output_contract(run, config, system):
     assert estimators[:2] == ["mbar", "flow"]
     assert [str(s) for s in summary["state"].values] == list(system_config["states"])
     for name, dims in {"delta_f": ("estimator", "state"), "delta_f_err": ("estimator", "state"),
-                       "ess_fraction": ("estimator",), "n_samples": ("estimator",),
+                       "ess_fraction": ("estimator",), "ess_fraction_trimmed": ("estimator",),
+                       "log_z": ("estimator",), "log_z_err": ("estimator",), "kl_divergence": ("estimator",),
+                       "js_divergence": ("estimator",), "n_samples": ("estimator",),
                        "cpu_seconds": ("estimator",)}.items():
         assert summary[name].dims == dims
+    flow = summary.sel(estimator="flow")
+    assert 0 < flow["ess_fraction"] <= flow["ess_fraction_trimmed"] <= 1
+    assert 0 <= flow["js_divergence"] <= np.log(2) and flow["kl_divergence"] >= 0
     assert np.all(summary["delta_f"].isel(state=0) == 0)
     assert math.isnan(summary["ess_fraction"].sel(estimator="mbar"))
     assert np.all(summary["cpu_seconds"] > 0)
@@ -86,10 +96,13 @@ def test_output_contract(run, config, system):
     assert table[0].startswith("estimator,state,delta_f,delta_f_err")
     assert len(table) == 1 + len(estimators) * len(system_config["states"])
 
-    for cv in ("x", "y"):
-        fes = xr.open_dataset(results / f"analysis/fes_{cv}.nc")
-        assert fes["F"].dims == ("estimator", cv) and fes["dF"].dims == ("estimator", cv)
-        assert fes["F"].attrs["units"] == "kT"
+    cvs = list(system_config["cvs"]) if system_config["type"] == "molecule" else ["x", "y"]
+    profiles = xr.open_dataset(results / "analysis/fes_profiles.nc")
+    for cv in cvs:
+        assert profiles[f"F_{cv}"].dims == ("estimator", cv) and profiles[f"dF_{cv}"].dims == ("estimator", cv)
+        assert profiles[f"F_{cv}"].attrs["units"] == "kT"
+    surface = xr.open_dataset(results / "analysis/fes_surface.nc")
+    assert surface["F_" + "".join(cvs)].dims == ("estimator", *cvs)
 
     for path in results.rglob("*.nc"):
         dataset = xr.open_dataset(path)
@@ -102,6 +115,42 @@ def test_output_contract(run, config, system):
         png = results / f"figures/{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_alanine_dipeptide_flow_agrees_with_mbar(run):
+    summary = xr.open_dataset(run / "results/alanine_dipeptide/summary.nc")
+    mbar = summary.sel(estimator="mbar", state="phi_positive")
+    flow = summary.sel(estimator="flow", state="phi_positive")
+    print("ΔF(phi > 0): MBAR", float(mbar["delta_f"]), "±", float(mbar["delta_f_err"]),
+          "flow", float(flow["delta_f"]), "±", float(flow["delta_f_err"]), "ESS/N", float(flow["ess_fraction"]))
+    # The state is rare at 300 K (a few percent): both estimates must see it, with useful errors...
+    assert 1.0 < mbar["delta_f"] < 8.0 and 0 < mbar["delta_f_err"] < 1.0
+    assert 0 < flow["delta_f_err"] < 1.0
+    # ...and agree within two combined standard errors.
+    combined = np.hypot(mbar["delta_f_err"], flow["delta_f_err"])
+    assert abs(flow["delta_f"] - mbar["delta_f"]) < 2 * combined
+    assert flow["ess_fraction"] > 0.01
+
+
+def test_alanine_dipeptide_trajectories_load_in_mdtraj_with_the_right_dihedrals(run, config):
+    import mdtraj
+
+    results = run / "results/alanine_dipeptide"
+    system_config = config["systems"]["alanine_dipeptide"]
+    replicas = xr.open_dataset(results / "md/replica_exchange.nc")
+    acceptance = replicas["acceptance"].values
+    assert acceptance.shape == (len(system_config["temperatures"]) - 1,)
+    assert np.all((acceptance > 0.05) & (acceptance < 1))
+    for temperature in system_config["temperatures"]:
+        samples = xr.open_dataset(results / f"md/{temperature:g}K.nc")
+        trajectory = mdtraj.load(str(results / f"md/trajectories/{temperature:g}K.nc"), top=str(ROOT / "data/alanine_dipeptide.pdb"))
+        assert trajectory.n_atoms == 22 and trajectory.n_frames == samples.sizes["sample"]
+        np.testing.assert_allclose(trajectory.xyz, samples["positions"].values, atol=1e-4)
+        quads = np.array([system_config["cvs"][cv] for cv in ("phi", "psi")])
+        dihedrals = np.degrees(mdtraj.compute_dihedrals(trajectory, quads))
+        stored = samples["cv_values"].values
+        difference = (dihedrals - stored + 180) % 360 - 180  # the same angle on the circle
+        assert np.abs(difference).max() < 0.05
 
 
 def test_a_target_runs_just_its_system(tmp_path):
@@ -126,11 +175,12 @@ def _planned_jobs(output: str) -> dict[str, int]:
 
 
 DOWNSTREAM_OF_FLOW = {"train_flow", "sample_flow", "reweight", "summary", "figure_free_energy_surfaces",
-                      "figure_free_energy_profiles", "figure_log_weights", "figure_training", "all"}
+                      "figure_free_energy_profiles", "figure_log_weights", "figure_training",
+                      "figure_energy_distributions", "all"}
 
 
 FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
-                "figure_training", "all"}
+                "figure_training", "figure_energy_distributions", "all"}
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -138,8 +188,14 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
      DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training"}),
     ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_FLOW | {"md", "mbar"}),
+    ({"systems": {"alanine_dipeptide": {"md": {"exchanges": 250}}}},
+     DOWNSTREAM_OF_FLOW | {"replica_exchange", "replica_state", "mbar"}),
+    ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}},
+     {"reweight", "summary", "figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
+      "all"}),
     ({"figures": {"style": "whitegrid"}}, FIGURES_ONLY),
-], ids=["flow", "sampling", "md", "figure-style"])
+    ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
+], ids=["flow", "sampling", "md", "replica-exchange", "trim-fraction", "figure-style", "figure-max-kt"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
     (run / "change.yaml").write_text(yaml.safe_dump(change))
     result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
@@ -147,6 +203,7 @@ def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expec
     assert set(_planned_jobs(result.stdout)) == expected
     if "systems" in change:
         assert "system=mueller_brown" not in result.stdout
+        assert ("system=double_well" in result.stdout) == ("double_well" in change["systems"])
 
 
 def test_dry_run_names_the_rule_whose_params_changed(run):

@@ -41,50 +41,78 @@ def zmatrix_from_state(state: dict) -> ZMatrix:
 class BoltzmannGenerator(nn.Module):
     """A flow over internal coordinates together with the map to Cartesian positions (nm).
 
+    The flow acts on "flow coordinates" y, which are the internal coordinates except for torsions that
+    are confined to a narrow range in the data (``window_centre`` finite: the second hydrogen of a
+    methyl group measured from the first, a planar amide): those are unwrapped around their circular
+    mean c into the real window (c - π, c + π], where a Gaussian base fits them far better than a
+    circular spline could. The unwrapping has unit Jacobian; flow samples outside the window do not
+    correspond to a torsion one-to-one and are dropped like any other sample outside the map.
+
     ``sample(n)`` returns Cartesian positions [n, n_atoms, 3] (float64, in the canonical frame: first
     atom at the origin, see ``InternalCoordinates.to_cartesian``) and log q as defined in the module
     docstring. ``reduced_energy_internal(u)`` turns a Cartesian reduced energy into the energy of the
-    internal-coordinate density, u(x(ic)) - J(ic), which is what the flow is trained against.
+    flow-coordinate density, u(x(ic(y))) - J(ic(y)), which is what the flow is trained against.
     """
 
-    def __init__(self, zmatrix: ZMatrix, flow: MixedSplineCouplingFlow):
+    def __init__(self, zmatrix: ZMatrix, flow: MixedSplineCouplingFlow, window_centre=None):
         super().__init__()
         self.zmatrix = zmatrix
         self.coordinates = InternalCoordinates(zmatrix)
         self.flow = flow
+        dim = self.coordinates.dim
+        centre = torch.full((dim,), math.nan, dtype=torch.float64) if window_centre is None else \
+            torch.as_tensor(window_centre, dtype=torch.float64).clone()
+        self.register_buffer("window_centre", centre)
 
     @property
     def n_atoms(self) -> int:
         return self.coordinates.n_atoms
 
+    @property
+    def windowed(self) -> torch.Tensor:
+        return torch.isfinite(self.window_centre)
+
     def to_internal(self, positions_nm: torch.Tensor) -> torch.Tensor:
         ic, _, _ = self.coordinates.to_internal(positions_nm.to(torch.float64))
         return ic
 
-    def to_cartesian(self, ic: torch.Tensor) -> torch.Tensor:
-        x, _ = self.coordinates.to_cartesian(ic.to(torch.float64))
+    def flow_coordinates(self, ic: torch.Tensor) -> torch.Tensor:
+        """y from internal coordinates: windowed torsions unwrapped into (c - π, c + π]."""
+        centre = torch.nan_to_num(self.window_centre)
+        unwrapped = centre - _wrap(centre - ic)
+        return torch.where(self.windowed, unwrapped, ic)
+
+    def internal_coordinates(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.windowed, _wrap(y), y)
+
+    def to_cartesian(self, y: torch.Tensor) -> torch.Tensor:
+        x, _ = self.coordinates.to_cartesian(self.internal_coordinates(y.to(torch.float64)))
         return x
 
-    def log_jacobian(self, ic: torch.Tensor) -> torch.Tensor:
-        """J(ic), NaN where the internal coordinates are outside the domain of the map."""
-        ic = ic.to(torch.float64)
+    def log_jacobian(self, y: torch.Tensor) -> torch.Tensor:
+        """J(ic(y)), NaN where y is outside the domain of the map (a bond ≤ 0, an angle outside (0, π),
+        a windowed torsion outside its window)."""
+        y = y.to(torch.float64)
+        ic = self.internal_coordinates(y)
         j = self.coordinates.log_jacobian_internal(ic)
         bonds = ic[:, self.coordinates.bond_columns]
         angles = ic[:, self.coordinates.angle_columns]
-        valid = (bonds > 0).all(-1) & (angles > 0).all(-1) & (angles < math.pi).all(-1)
+        distance = torch.where(self.windowed, (y - torch.nan_to_num(self.window_centre)).abs(), torch.zeros_like(y))
+        valid = ((bonds > 0).all(-1) & (angles > 0).all(-1) & (angles < math.pi).all(-1)
+                 & (distance < math.pi).all(-1))
         return torch.where(valid, j, torch.full_like(j, math.nan))
 
     def reduced_energy_internal(self, reduced_energy):
-        """u_ic(ic) = u(x(ic)) - J(ic), for a Cartesian reduced energy u of [B, n_atoms, 3] positions."""
-        def energy(ic):
-            return reduced_energy(self.to_cartesian(ic)) - self.log_jacobian(ic)
+        """u_y(y) = u(x(y)) - J(y), for a Cartesian reduced energy u of [B, n_atoms, 3] positions."""
+        def energy(y):
+            return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
         return energy
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        ic, log_q_flow = self.flow.sample(n, generator=generator)
-        ic = ic.to(torch.float64)
-        return self.to_cartesian(ic), log_q_flow.to(torch.float64) - self.log_jacobian(ic)
+        y, log_q_flow = self.flow.sample(n, generator=generator)
+        y = y.to(torch.float64)
+        return self.to_cartesian(y), log_q_flow.to(torch.float64) - self.log_jacobian(y)
 
     @property
     def config(self) -> dict:
@@ -93,3 +121,8 @@ class BoltzmannGenerator(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> "BoltzmannGenerator":
         return cls(zmatrix_from_state(config["zmatrix"]), MixedSplineCouplingFlow(**config["flow"]))
+
+
+def _wrap(angle: torch.Tensor) -> torch.Tensor:
+    """Angle in (-π, π]."""
+    return angle - 2 * math.pi * torch.ceil((angle - math.pi) / (2 * math.pi))

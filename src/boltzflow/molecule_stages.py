@@ -111,6 +111,10 @@ def _statistical_inefficiency(timeseries, values: np.ndarray) -> float:
 
 FLOW_ARCHITECTURE = ("n_layers", "hidden", "n_hidden_layers", "n_bins", "tail_bound")
 
+#: A torsion whose MD samples have a mean resultant length |E[exp(iθ)]| above this (a circular standard
+#: deviation below about 25°) is modelled as a real number around its circular mean, not on the circle.
+NARROW_TORSION_RESULTANT = 0.9
+
 
 def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: dict, log=print,
                       checkpoint_path=None, energy_workers: int = 1):
@@ -134,17 +138,26 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     coordinates = InternalCoordinates(zmatrix)
     positions = torch.as_tensor(target_md["positions"].values, dtype=torch.float64)
     ic, _, _ = coordinates.to_internal(positions)
-    circular = coordinates.is_torsion
-    data = ic.to(torch.get_default_dtype())
+    # Torsions whose MD distribution spans the circle stay circular; narrow ones are unwrapped around
+    # their circular mean (see BoltzmannGenerator).
+    mean_cos, mean_sin = ic.cos().mean(0), ic.sin().mean(0)
+    resultant = torch.sqrt(mean_cos**2 + mean_sin**2)
+    torsion = coordinates.is_torsion
+    narrow = torsion & (resultant > settings.get("narrow_torsion_resultant", NARROW_TORSION_RESULTANT))
+    circular = torsion & ~narrow
+    window_centre = torch.where(narrow, torch.atan2(mean_sin, mean_cos), torch.full_like(mean_cos, float("nan")))
+    generator = BoltzmannGenerator(zmatrix, None, window_centre)
+    data64 = generator.flow_coordinates(ic)
+    data = data64.to(torch.get_default_dtype())
     loc = torch.where(circular, torch.zeros_like(data[0]), data.mean(0))
     scale = torch.where(circular, torch.ones_like(data[0]), data.std(0).clamp_min(1e-6))
-    circular_loc = torch.where(circular, torch.atan2(data.sin().mean(0), data.cos().mean(0)), torch.zeros_like(data[0]))
+    circular_loc = torch.where(circular, torch.atan2(mean_sin, mean_cos).to(data.dtype), torch.zeros_like(data[0]))
     flow = MixedSplineCouplingFlow(dim=coordinates.dim, circular=circular.tolist(), loc=loc, scale=scale,
                                    circular_loc=circular_loc, **{key: settings[key] for key in FLOW_ARCHITECTURE})
-    generator = BoltzmannGenerator(zmatrix, flow)
+    generator.flow = flow
     log(f"training a Boltzmann generator on {len(data)} MD frames at {system.target_temperature_k:g} K: "
-        f"{coordinates.dim} internal coordinates ({int(circular.sum())} torsions, circular), "
-        f"{sum(p.numel() for p in flow.parameters())} parameters")
+        f"{coordinates.dim} internal coordinates ({int(torsion.sum())} torsions: {int(circular.sum())} circular, "
+        f"{int(narrow.sum())} narrow ones unwrapped), {sum(p.numel() for p in flow.parameters())} parameters")
 
     # OpenMM energies for the energy term (if on) and for the ESS monitor at every record.
     evaluator = EnergyEvaluator(molecule, platform="Reference", n_workers=energy_workers)
