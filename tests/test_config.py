@@ -117,3 +117,12 @@ def test_snakemake_rejects_a_residue_the_force_field_cannot_match(tmp_path):
     assert len(lines) == 1
     assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.pdb: residue 2 (XYZ)")
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize("overlay", ["test.yaml", "paper.yaml"])
+def test_shipped_configs_are_valid(overlay):
+    from workflow_helpers import merged_config
+
+    config = merged_config(ROOT / "config/config.yaml", ROOT / "config" / overlay)
+    config["systems"]["alanine_dipeptide"]["pdb"] = str(ROOT / "data/alanine_dipeptide.pdb")
+    validate_config(config, SCHEMA)
