@@ -38,7 +38,7 @@ echo "==== starting the SLURM cluster"
 bash "$here/start.sh" </dev/null || { echo "slurm: the cluster did not start" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/boltzflow-slurm-run.XXXXXX)
-for part in Snakefile rules workflow config envs report profiles src; do
+for part in Snakefile rules workflow config envs report profiles src data; do
   cp -r "$repo/$part" "$work/"
 done
 find "$work" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
