@@ -135,3 +135,21 @@ def test_histogram_divergences_match_hand_computed_values():
         0.25 * np.log(0.25 / m[0]) + 0.5 * np.log(0.5 / m[1]) + 0.25 * np.log(0.25 / m[2]))
     assert js == pytest.approx(expected_js)
     assert estimators.histogram_divergences(p, p) == (0.0, 0.0)
+
+
+def test_mbar_log_weights_of_the_solved_samples_are_mbars_own_weights():
+    rng = np.random.default_rng(4)
+    # Harmonic oscillator at three temperatures: u_k(x) = x^2 / (2 T_k) in units where k = 1.
+    temperatures = np.array([1.0, 1.5, 2.0])
+    x = np.concatenate([rng.normal(0, np.sqrt(t), 400) for t in temperatures])
+    u_kn = (x**2 / 2)[None, :] / temperatures[:, None]
+    n_k = np.array([400, 400, 400])
+    mbar = estimators.build_mbar(u_kn, n_k)
+    log_w = estimators.mbar_log_weights(mbar, u_kn, n_k, u_kn[0])
+    expected = np.log(mbar.weights()[:, 0])
+    np.testing.assert_allclose(log_w - log_w.max(), expected - expected.max(), atol=1e-8)
+    # On fresh samples the weighted second moment is the target's variance, 1.
+    fresh = np.concatenate([rng.normal(0, np.sqrt(t), 4000) for t in temperatures])
+    u_fresh = (fresh**2 / 2)[None, :] / temperatures[:, None]
+    w = np.exp(estimators.mbar_log_weights(mbar, u_fresh, np.array([4000] * 3), u_fresh[0]))
+    assert np.sum(w * fresh**2) / np.sum(w) == pytest.approx(1.0, abs=0.05)

@@ -89,8 +89,11 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
     """MBAR over the ladder → (ladder free energies, reference observables at the target temperature).
 
     ``md`` holds one dataset per temperature of the ladder (first = target); only their independent
-    samples enter MBAR.
+    samples enter MBAR, and so state ΔF and every standard error. Where the files hold more frames than
+    that (replica exchange keeps every frame), the surface and the profile values are histograms of all
+    frames with MBAR weights from the same free energies: the same estimate, far less bin noise.
     """
+    all_frames = md
     md = [independent_samples(ds) for ds in md]
     energies = [ds["energy"].values for ds in md]
     positions = np.concatenate([ds["positions"].values for ds in md])
@@ -108,7 +111,7 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
     )
 
     u_target = u_kn[0]
-    cvs = system.cv_values(positions)
+    cvs = subsample_cvs = system.cv_values(positions)
     delta_f, delta_f_err = estimators.mbar_state_delta_f(mbar, u_target, cvs, system.states)
     log("MBAR ΔF at target: " + ", ".join(
         f"{s.name} {v:.3f} ± {e:.3f} kT" for s, v, e in zip(system.states, delta_f, delta_f_err)))
@@ -118,11 +121,20 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
          "delta_f_err": _var("state", delta_f_err, "kT", "standard error of delta_f")},
         coords=_grid_coords(system, edges),
     )
-    for cv in system.cvs:
-        profile, error = estimators.mbar_profile(mbar, u_target, cvs[cv], edges[cv])
-        observables[f"F_{cv}"] = _var(cv, profile, "kT", f"free-energy profile along {cv}")
-        observables[f"dF_{cv}"] = _var(cv, error, "kT", f"standard error of F_{cv}")
     log_w_target = np.log(mbar.weights()[:, 0])
+    if sum(ds.sizes["sample"] for ds in all_frames) > n_k.sum():
+        energies_all = np.concatenate([ds["energy"].values for ds in all_frames])
+        u_all = energies_all[None, :] / kt_kj_mol(temperatures)[:, None]
+        counts = np.array([ds.sizes["sample"] for ds in all_frames])
+        log_w_target = estimators.mbar_log_weights(mbar, u_all, counts, u_all[0])
+        cvs = system.cv_values(np.concatenate([ds["positions"].values for ds in all_frames]))
+        log(f"surfaces and profile values from all {counts.sum()} frames with the MBAR free energies")
+    for cv in system.cvs:
+        profile, error = estimators.mbar_profile(mbar, u_target, subsample_cvs[cv], edges[cv])
+        if len(log_w_target) > len(u_target):
+            profile = estimators.weighted_profile(cvs[cv], log_w_target, edges[cv])
+        observables[f"F_{cv}"] = _var(cv, profile, "kT", f"free-energy profile along {cv}")
+        observables[f"dF_{cv}"] = _var(cv, error, "kT", f"standard error of F_{cv} (MBAR, decorrelated samples)")
     first, second = system.cvs[:2]
     surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
     observables[surface_name(system)] = _var(system.cvs[:2], surface, "kT",
