@@ -79,13 +79,13 @@ def molecule_throughput(args, system_config):
     import openmm
     from openmm import unit
 
-    from boltzflow.molecule_stages import replica_exchange_stage
-    from boltzflow.molecules import load_molecule, select_platform
+    from boltzflow.molecule_stages import load_system_molecule, replica_exchange_stage
+    from boltzflow.molecules import select_platform
     from boltzflow.systems import system_from_config
 
     md = {**system_config["md"], "exchanges": args.exchanges}
     system = system_from_config(args.system, system_config)
-    molecule = load_molecule(system.pdb_path, system.forcefield, system.constraints)
+    molecule = load_system_molecule(system)
     platform = select_platform(md["platform"], molecule, log=lambda _: None)
     steps = (md["equilibration_exchanges"] + md["exchanges"]) * md["steps_per_exchange"]
     n_states = len(system.temperatures_k)

@@ -81,18 +81,23 @@ def test_defaults_are_filled_for_every_system():
     assert double_well["analysis"]["bootstrap"] == 200
 
 
-def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
-    workdir = copy_workflow(tmp_path)
-    (workdir / "bad.yaml").write_text("systems:\n  double_well:\n    energy: 'x^2 + exp(y, x)'\n")
+def _rejected_config_lines(workdir, bad_yaml: str) -> list[str]:
+    """Dry-run with the bad config; it must fail without a traceback or results. Returns its error lines."""
+    (workdir / "bad.yaml").write_text(bad_yaml)
     result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
     assert result.returncode != 0
     output = (result.stdout + result.stderr).strip()
     assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if "invalid config" in line]
+    assert not (workdir / "results").exists()
+    return [line for line in output.splitlines() if "invalid config" in line]
+
+
+def test_snakemake_rejects_bad_config_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    lines = _rejected_config_lines(workdir, "systems:\n  double_well:\n    energy: 'x^2 + exp(y, x)'\n")
     assert lines == ["boltzflow: invalid config: systems.double_well.energy: "
                      + lines[0].split("energy: ", 1)[1]]
     assert "exp" in lines[0]
-    assert not (workdir / "results").exists()
 
 
 def test_snakemake_lint_is_clean(tmp_path):
@@ -108,15 +113,9 @@ def test_snakemake_rejects_a_residue_the_force_field_cannot_match(tmp_path):
     workdir = copy_workflow(tmp_path)
     pdb = (ROOT / "data/alanine_dipeptide.pdb").read_text().replace(" ALA ", " XYZ ")
     (workdir / "data/bad.pdb").write_text(pdb)
-    (workdir / "bad.yaml").write_text("systems:\n  alanine_dipeptide:\n    pdb: data/bad.pdb\n")
-    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
-    assert result.returncode != 0
-    output = (result.stdout + result.stderr).strip()
-    assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if "invalid config" in line]
+    lines = _rejected_config_lines(workdir, "systems:\n  alanine_dipeptide:\n    pdb: data/bad.pdb\n")
     assert len(lines) == 1
     assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.pdb: residue 2 (XYZ)")
-    assert not (workdir / "results").exists()
 
 
 @pytest.mark.parametrize("overlay", ["test.yaml", "paper.yaml"])

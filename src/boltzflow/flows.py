@@ -235,6 +235,45 @@ def _knot_positions(sizes: torch.Tensor, bound: float) -> torch.Tensor:
     return torch.cat([torch.full_like(cum[..., :1], -bound), cum[..., 1:-1], torch.full_like(cum[..., :1], bound)], dim=-1)
 
 
+def zero_output_mlp(width_in: int, hidden: int, n_hidden_layers: int, n_out: int) -> nn.Sequential:
+    """An MLP (SiLU activations) whose last layer starts at zero, so that the module it parameterizes
+    starts as its neutral element (an identity coupling, a reference score)."""
+    layers: list[nn.Module] = []
+    for _ in range(n_hidden_layers):
+        layers += [nn.Linear(width_in, hidden), nn.SiLU()]
+        width_in = hidden
+    last = nn.Linear(width_in, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+def standardization(dim: int, loc, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed loc and scale [dim] in the default dtype (default 0 and 1), checked finite and scale > 0."""
+    dtype = torch.get_default_dtype()
+    loc = torch.zeros(dim, dtype=dtype) if loc is None else torch.as_tensor(loc, dtype=dtype).detach().clone()
+    scale = torch.ones(dim, dtype=dtype) if scale is None else torch.as_tensor(scale, dtype=dtype).detach().clone()
+    if loc.shape != (dim,) or scale.shape != (dim,):
+        raise ValueError(f"loc and scale must have shape [{dim}], got {tuple(loc.shape)} and {tuple(scale.shape)}")
+    if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("loc must be finite and scale finite and positive")
+    return loc, scale
+
+
+def _coupling_architecture(dim, n_layers, hidden, n_hidden_layers, n_bins, tail_bound) -> dict:
+    """Checked constructor arguments shared by the coupling flows, as plain ints and floats."""
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2 for a coupling flow, got {dim}")
+    if n_layers < 2:
+        raise ValueError(f"n_layers must be >= 2 so that every coordinate is transformed, got {n_layers}")
+    if n_bins < 1 or hidden < 1 or n_hidden_layers < 1:
+        raise ValueError("n_bins, hidden and n_hidden_layers must be positive")
+    if not tail_bound > 0:
+        raise ValueError(f"tail_bound must be positive, got {tail_bound}")
+    return dict(n_layers=int(n_layers), hidden=int(hidden), n_hidden_layers=int(n_hidden_layers),
+                n_bins=int(n_bins), tail_bound=float(tail_bound))
+
+
 class _SplineCoupling(nn.Module):
     """One coupling layer: coordinates ``transform_idx`` go through a spline whose parameters are
     an MLP of coordinates ``condition_idx``; the conditioning coordinates pass through unchanged.
@@ -251,17 +290,8 @@ class _SplineCoupling(nn.Module):
         self.n_bins = n_bins
         self.tail_bound = tail_bound
         n_out = len(transform_idx) * (3 * n_bins - 1)  # K widths, K heights, K-1 interior derivatives
-        layers: list[nn.Module] = []
-        width_in = len(condition_idx)
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width_in, hidden), nn.SiLU()]
-            width_in = hidden
-        last = nn.Linear(width_in, n_out)
         # Zero output -> uniform bins and unit derivatives -> the layer starts as the identity.
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        layers.append(last)
-        self.conditioner = nn.Sequential(*layers)
+        self.conditioner = zero_output_mlp(len(condition_idx), hidden, n_hidden_layers, n_out)
 
     def _transform(self, inputs, inverse):
         params = self.conditioner(inputs[:, self.condition_idx])
@@ -341,29 +371,9 @@ class SplineCouplingFlow(nn.Module):
         scale: torch.Tensor | None = None,
     ):
         super().__init__()
-        if dim < 2:
-            raise ValueError(f"dim must be >= 2 for a coupling flow, got {dim}")
-        if n_layers < 2:
-            raise ValueError(f"n_layers must be >= 2 so that every coordinate is transformed, got {n_layers}")
-        if n_bins < 1 or hidden < 1 or n_hidden_layers < 1:
-            raise ValueError("n_bins, hidden and n_hidden_layers must be positive")
-        if not tail_bound > 0:
-            raise ValueError(f"tail_bound must be positive, got {tail_bound}")
-        self._config = dict(
-            dim=int(dim),
-            n_layers=int(n_layers),
-            hidden=int(hidden),
-            n_hidden_layers=int(n_hidden_layers),
-            n_bins=int(n_bins),
-            tail_bound=float(tail_bound),
-        )
-        dtype = torch.get_default_dtype()
-        loc = torch.zeros(dim, dtype=dtype) if loc is None else torch.as_tensor(loc, dtype=dtype).detach().clone()
-        scale = torch.ones(dim, dtype=dtype) if scale is None else torch.as_tensor(scale, dtype=dtype).detach().clone()
-        if loc.shape != (dim,) or scale.shape != (dim,):
-            raise ValueError(f"loc and scale must have shape [{dim}], got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError("loc must be finite and scale finite and positive")
+        self._config = dict(dim=int(dim), **_coupling_architecture(dim, n_layers, hidden, n_hidden_layers,
+                                                                    n_bins, tail_bound))
+        loc, scale = standardization(dim, loc, scale)
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
         self.layers = nn.ModuleList(
@@ -463,17 +473,9 @@ class _MixedSplineCoupling(nn.Module):
         # slopes are pinned to 1) or K derivatives (angles, one shared by the knots at ±π).
         self._n_real_params = self._n_real * (3 * n_bins - 1)
         n_out = self._n_real_params + self._n_circular * 3 * n_bins
-        layers: list[nn.Module] = []
-        width_in = len(condition_real) + 2 * len(condition_angles)
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width_in, hidden), nn.SiLU()]
-            width_in = hidden
-        last = nn.Linear(width_in, n_out)
         # Zero output -> uniform bins and unit derivatives in both spline kinds -> identity layer.
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        layers.append(last)
-        self.conditioner = nn.Sequential(*layers)
+        self.conditioner = zero_output_mlp(len(condition_real) + 2 * len(condition_angles), hidden,
+                                           n_hidden_layers, n_out)
 
     def _features(self, inputs):
         angles = inputs[:, self.condition_circular_idx]
@@ -558,26 +560,11 @@ class MixedSplineCouplingFlow(nn.Module):
         circular_loc: torch.Tensor | None = None,
     ):
         super().__init__()
-        if dim < 2:
-            raise ValueError(f"dim must be >= 2 for a coupling flow, got {dim}")
-        if n_layers < 2:
-            raise ValueError(f"n_layers must be >= 2 so that every coordinate is transformed, got {n_layers}")
-        if n_bins < 1 or hidden < 1 or n_hidden_layers < 1:
-            raise ValueError("n_bins, hidden and n_hidden_layers must be positive")
-        if not tail_bound > 0:
-            raise ValueError(f"tail_bound must be positive, got {tail_bound}")
+        architecture = _coupling_architecture(dim, n_layers, hidden, n_hidden_layers, n_bins, tail_bound)
         circular = [bool(c) for c in circular]
         if len(circular) != dim:
             raise ValueError(f"circular must have {dim} entries, got {len(circular)}")
-        self._config = dict(
-            dim=int(dim),
-            circular=circular,
-            n_layers=int(n_layers),
-            hidden=int(hidden),
-            n_hidden_layers=int(n_hidden_layers),
-            n_bins=int(n_bins),
-            tail_bound=float(tail_bound),
-        )
+        self._config = dict(dim=int(dim), circular=circular, **architecture)
 
         dtype = torch.get_default_dtype()
 

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.devices import select_device
-from boltzflow.stages import ESS_MONITOR_SAMPLES, _var
+from boltzflow.stages import _var, train_with_settings
 from boltzflow.systems import MoleculeSystem
 from boltzflow.units import kt_kj_mol
 
@@ -29,7 +29,7 @@ def replica_exchange_stage(system: MoleculeSystem, md_settings: dict, log=print,
     from boltzflow.molecules import platform_properties, select_platform
     from boltzflow.replica_exchange import ReplicaExchangeSettings, run_replica_exchange
 
-    molecule = _load(system)
+    molecule = load_system_molecule(system)
     platform = select_platform(md_settings["platform"], molecule, log=log, cpu_threads=threads)
     settings = ReplicaExchangeSettings(**{key: md_settings[key] for key in REPLICA_EXCHANGE_KEYS},
                                        platform=platform, platform_properties=platform_properties(platform, threads))
@@ -129,11 +129,10 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     from boltzflow.flows import MixedSplineCouplingFlow
     from boltzflow.generators import BoltzmannGenerator
     from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
-    from boltzflow.training import train_flow
 
     device = select_device(settings["device"], log=log)
     torch.manual_seed(settings["seed"])
-    molecule = _load(system)
+    molecule = load_system_molecule(system)
     zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
     coordinates = InternalCoordinates(zmatrix)
     positions = torch.as_tensor(target_md["positions"].values, dtype=torch.float64)
@@ -143,7 +142,7 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     mean_cos, mean_sin = ic.cos().mean(0), ic.sin().mean(0)
     resultant = torch.sqrt(mean_cos**2 + mean_sin**2)
     torsion = coordinates.is_torsion
-    narrow = torsion & (resultant > settings.get("narrow_torsion_resultant", NARROW_TORSION_RESULTANT))
+    narrow = torsion & (resultant > NARROW_TORSION_RESULTANT)
     circular = torsion & ~narrow
     window_centre = torch.where(narrow, torch.atan2(mean_sin, mean_cos), torch.full_like(mean_cos, float("nan")))
     generator = BoltzmannGenerator(zmatrix, None, window_centre)
@@ -164,11 +163,7 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     reduced_energy = generator.reduced_energy_internal(
         reduced_energy_function(evaluator, kt_kj_mol(system.target_temperature_k)))
     try:
-        curves = train_flow(
-            flow.to(device), data.to(device), reduced_energy=reduced_energy, ess_samples=ESS_MONITOR_SAMPLES,
-            steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
-            energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
-            seed=settings["seed"], log=log, checkpoint_path=checkpoint_path)
+        curves = train_with_settings(flow.to(device), data.to(device), reduced_energy, settings, log, checkpoint_path)
     finally:
         evaluator.close()
     generator.flow = flow.cpu()
@@ -182,7 +177,7 @@ def molecule_sample_stage(system: MoleculeSystem, generator, settings: dict, log
     from boltzflow.stages import samples_dataset
 
     generator = generator.to(select_device(settings["device"], log=log))
-    molecule = _load(system)
+    molecule = load_system_molecule(system)
     with EnergyEvaluator(molecule, platform="Reference", n_workers=energy_workers) as evaluator:
         reduced_energy = reduced_energy_function(evaluator, kt_kj_mol(system.target_temperature_k))
         x, log_q, u = sample_flow(generator, reduced_energy, settings["n_samples"], settings["seed"],
@@ -191,7 +186,8 @@ def molecule_sample_stage(system: MoleculeSystem, generator, settings: dict, log
     return samples_dataset(system, x, log_q, u)
 
 
-def _load(system: MoleculeSystem):
+def load_system_molecule(system: MoleculeSystem):
+    """The OpenMM side of a molecule system (topology, System, PDB positions)."""
     from boltzflow.molecules import load_molecule
 
     return load_molecule(system.pdb_path, system.forcefield, system.constraints)

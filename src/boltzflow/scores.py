@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from boltzflow.flows import standardization, zero_output_mlp
+
 
 @dataclasses.dataclass(frozen=True)
 class VPSchedule:
@@ -133,12 +135,7 @@ class _ScoreNetworkBase(nn.Module):
             **self.schedule.config,
         )
         dtype = torch.get_default_dtype()
-        loc = torch.zeros(dim, dtype=dtype) if loc is None else torch.as_tensor(loc, dtype=dtype).detach().clone()
-        scale = torch.ones(dim, dtype=dtype) if scale is None else torch.as_tensor(scale, dtype=dtype).detach().clone()
-        if loc.shape != (dim,) or scale.shape != (dim,):
-            raise ValueError(f"loc and scale must have shape [{dim}], got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError("loc must be finite and scale finite and positive")
+        loc, scale = standardization(dim, loc, scale)
         # loc first: training takes the model's device and dtype from its first buffer.
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
@@ -147,16 +144,8 @@ class _ScoreNetworkBase(nn.Module):
             "time_angular_frequencies", math.pi * torch.arange(1, time_frequencies + 1, dtype=dtype), persistent=False
         )
 
-        layers: list[nn.Module] = []
-        width = dim + 1 + 2 * time_frequencies
-        for _ in range(n_hidden_layers):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        last = nn.Linear(width, out_features)
         # Zero output: the untrained model is exactly the reference Gaussian's score.
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.network = nn.Sequential(*layers, last)
+        self.network = zero_output_mlp(dim + 1 + 2 * time_frequencies, hidden, n_hidden_layers, out_features)
 
     @property
     def config(self) -> dict:

@@ -176,7 +176,6 @@ def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=pri
     import torch
 
     from boltzflow.flows import SplineCouplingFlow
-    from boltzflow.training import train_flow
 
     device = select_device(settings["device"], log=log)
     torch.manual_seed(settings["seed"])
@@ -190,12 +189,19 @@ def fit_flow(system: Toy2DSystem, target_md: xr.Dataset, settings: dict, log=pri
     def reduced_energy(x):
         return system.reduced_energy(x.double()).to(x.dtype)
 
-    curves = train_flow(
+    curves = train_with_settings(model, data, reduced_energy, settings, log, checkpoint_path)
+    return model.cpu(), curves
+
+
+def train_with_settings(model, data, reduced_energy, settings: dict, log, checkpoint_path):
+    """``train_flow`` with the ``flow:`` config block's settings and the ESS monitor on."""
+    from boltzflow.training import train_flow
+
+    return train_flow(
         model, data, reduced_energy=reduced_energy, ess_samples=ESS_MONITOR_SAMPLES,
         steps=settings["steps"], batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
         energy_weight=settings["energy_weight"], validation_fraction=settings["validation_fraction"],
         seed=settings["seed"], log=log, checkpoint_path=checkpoint_path)
-    return model.cpu(), curves
 
 
 def save_flow(model, path) -> None:

@@ -5,8 +5,7 @@ from _bootstrap import start
 log = start(snakemake)  # noqa: F821
 
 from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.molecules import load_molecule  # noqa: E402
-from boltzflow.molecule_stages import replica_state_stage  # noqa: E402
+from boltzflow.molecule_stages import load_system_molecule, replica_state_stage  # noqa: E402
 from boltzflow.replica_exchange import write_amber_netcdf  # noqa: E402
 from boltzflow.systems import system_from_config  # noqa: E402
 
@@ -14,7 +13,7 @@ params = snakemake.params.system  # noqa: F821
 system = system_from_config(snakemake.wildcards.system, params)  # noqa: F821
 temperature = float(snakemake.wildcards.temperature)  # noqa: F821
 dataset = replica_state_stage(system, read_netcdf(snakemake.input.replicas), temperature, log=log)  # noqa: F821
-topology = load_molecule(system.pdb_path, system.forcefield, system.constraints).topology
+topology = load_system_molecule(system).topology
 write_amber_netcdf(snakemake.output.trajectory, dataset["positions"].values, topology,  # noqa: F821
                    dataset["time"].values)
 write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821
