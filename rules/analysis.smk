@@ -28,16 +28,16 @@ rule mbar:
 
 rule reweight:
     input:
-        samples="results/{system}/samples/{model}.nc",
+        samples="results/{system}/samples/{estimator}.nc",
         observables="results/{system}/analysis/mbar_observables.nc",
     output:
-        estimates="results/{system}/analysis/estimates_{model}.nc",
+        estimates="results/{system}/analysis/estimates_{estimator}.nc",
     params:
         settings=reweight_params,
     log:
-        "results/{system}/logs/reweight_{model}.log",
+        "results/{system}/logs/reweight_{estimator}.log",
     benchmark:
-        "results/{system}/benchmarks/reweight_{model}.tsv"
+        "results/{system}/benchmarks/reweight_{estimator}.tsv"
     conda:
         "../envs/analysis.yaml"
     threads: 1
@@ -54,12 +54,10 @@ rule reweight:
 rule summary:
     input:
         observables="results/{system}/analysis/mbar_observables.nc",
-        estimates="results/{system}/analysis/estimates_flow.nc",
+        estimates=estimate_files,
         md_benchmarks=md_benchmarks,
         mbar_benchmark="results/{system}/benchmarks/mbar.tsv",
-        train_benchmark="results/{system}/benchmarks/train_flow.tsv",
-        sample_benchmark="results/{system}/benchmarks/sample_flow.tsv",
-        reweight_benchmark="results/{system}/benchmarks/reweight_flow.tsv",
+        estimator_benchmarks=estimator_benchmarks,
     output:
         summary="results/{system}/summary.nc",
         table="results/{system}/summary.csv",
@@ -67,6 +65,7 @@ rule summary:
         surface="results/{system}/analysis/fes_surface.nc",
     params:
         settings=reweight_params,
+        costs=estimator_costs,
     log:
         "results/{system}/logs/summary.log",
     benchmark:

@@ -43,6 +43,28 @@ def systems_of_type(kind):
     return "|".join(names) if names else "(?!)"
 
 
+#: Every estimator with the rules whose CPU time it costs (beyond the MD): its samples file is
+#: samples/{estimator}.nc and its estimates analysis/estimates_{estimator}.nc.
+ESTIMATOR_RULES = {
+    "flow": ["train_flow", "sample_flow"],
+    "score_exact": ["train_score", "sample_score_exact"],
+    "score_hutchinson": ["train_score", "sample_score_hutchinson"],
+    "score_perturbation": ["train_score", "sample_score_perturbation"],
+    "score_perturbation_multistep": ["train_score", "sample_score_perturbation_multistep"],
+    "flow_smc": ["train_flow", "smc_flow"],
+    "score_smc": ["train_score", "smc_score"],
+    "flow_mcmc": ["train_flow", "sample_flow", "flow_mcmc"],
+}
+ESTIMATORS = list(ESTIMATOR_RULES)
+#: Estimators whose summary also shows the unweighted model ({estimator}_raw).
+RAW_ESTIMATORS = ("flow", "score_exact")
+
+
+def enabled_estimators(system_name):
+    switches = config["systems"][system_name]["estimators"]
+    return [name for name in ESTIMATORS if switches[name]]
+
+
 TOY_SYSTEMS = systems_of_type("toy2d")
 MOLECULE_SYSTEMS = systems_of_type("molecule")
 
@@ -50,7 +72,9 @@ MOLECULE_SYSTEMS = systems_of_type("molecule")
 wildcard_constraints:
     system="|".join(config["systems"]),
     temperature=r"[0-9]+(\.[0-9]+)?",
-    model="flow",
+    estimator="|".join(ESTIMATORS),
+    likelihood="exact|hutchinson|perturbation|perturbation_multistep",
+    generative="flow|score",
 
 
 def md_files(wildcards):
@@ -80,11 +104,62 @@ def molecule_pdb(wildcards):
     return config["systems"][wildcards.system]["pdb"]
 
 
+def estimate_files(wildcards):
+    return [f"results/{wildcards.system}/analysis/estimates_{name}.nc"
+            for name in enabled_estimators(wildcards.system)]
+
+
+def estimator_benchmarks(wildcards):
+    """Benchmark files of the rules behind every enabled estimator (their CPU cost in the summary)."""
+    folder = f"results/{wildcards.system}/benchmarks"
+    files = set()
+    for name in enabled_estimators(wildcards.system):
+        files.update(f"{folder}/{rule}.tsv" for rule in ESTIMATOR_RULES[name])
+        files.add(f"{folder}/reweight_{name}.tsv")
+    return sorted(files)
+
+
+def estimator_costs(wildcards):
+    """Per estimator, the benchmark files whose CPU seconds it costs (the raw model: without reweighting)."""
+    folder = f"results/{wildcards.system}/benchmarks"
+    costs = {}
+    for name in enabled_estimators(wildcards.system):
+        model = [f"{folder}/{rule}.tsv" for rule in ESTIMATOR_RULES[name]]
+        costs[name] = model + [f"{folder}/reweight_{name}.tsv"]
+        if name in RAW_ESTIMATORS:
+            costs[f"{name}_raw"] = model
+    return costs
+
+
+def _weighted_estimators(system_name):
+    """Enabled estimators with importance weights (MCMC states are equally weighted)."""
+    return [name for name in enabled_estimators(system_name) if name != "flow_mcmc"]
+
+
+def weighted_samples_files(wildcards):
+    return [f"results/{wildcards.system}/samples/{name}.nc" for name in _weighted_estimators(wildcards.system)]
+
+
+def weighted_estimate_files(wildcards):
+    return [f"results/{wildcards.system}/analysis/estimates_{name}.nc"
+            for name in _weighted_estimators(wildcards.system)]
+
+
+def smc_model_file(wildcards):
+    return f"results/{wildcards.system}/models/{wildcards.generative}.pt"
+
+
 def all_outputs():
-    figures = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training",
-               "energy_distributions"]
     outputs = []
     for system in config["systems"]:
+        estimators = enabled_estimators(system)
+        figures = ["free_energy_surfaces", "free_energy_profiles", "cost"]
+        if any(name != "flow_mcmc" for name in estimators):
+            figures.append("log_weights")
+        if any(name.startswith("flow") for name in estimators):
+            figures += ["training", "energy_distributions"]
+        if any(name.startswith("score") for name in estimators):
+            figures.append("score_training")
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv"]
         outputs += [f"results/{system}/figures/{name}.png" for name in figures]
     return outputs
@@ -170,14 +245,51 @@ def sampling_params(wildcards):
     return _system(wildcards)["sampling"]
 
 
+def score_params(wildcards):
+    return _system(wildcards)["score"]
+
+
+#: The score_sampling keys every likelihood estimator uses; each adds its own probe count.
+SCORE_SAMPLING_KEYS = ["n_samples", "ode_steps", "batch_size", "seed", "device"]
+PROBE_KEYS = {"exact": [], "hutchinson": ["hutchinson_probes"], "perturbation": ["perturbation_probes"],
+              "perturbation_multistep": ["perturbation_probes"]}
+
+
+def score_sampling_params(wildcards):
+    """Only the keys of this estimator: a change of Hutchinson probes does not rerun flow perturbation."""
+    block = _system(wildcards)["score_sampling"]
+    return {key: block[key] for key in SCORE_SAMPLING_KEYS + PROBE_KEYS[wildcards.likelihood]}
+
+
+def smc_params(wildcards):
+    """The smc block, plus for a score model its likelihood estimator's ODE settings."""
+    system = _system(wildcards)
+    params = {key: value for key, value in system["smc"].items() if key != "score_likelihood"}
+    if wildcards.generative == "score":
+        likelihood = system["smc"]["score_likelihood"]
+        sampling = system["score_sampling"]
+        params.update(likelihood=likelihood, ode_steps=sampling["ode_steps"],
+                      probes=sampling["perturbation_probes"], device=sampling["device"])
+    else:
+        params["device"] = system["sampling"]["device"]
+    return params
+
+
+def mcmc_params(wildcards):
+    return _system(wildcards)["mcmc"]
+
+
 def reweight_params(wildcards):
     system = _system(wildcards)
-    return {
+    params = {
         "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
         "bootstrap": system["analysis"]["bootstrap"],
         "seed": system["analysis"]["seed"],
         "trim_fraction": system["analysis"]["trim_fraction"],
     }
+    if hasattr(wildcards, "estimator"):
+        params["include_raw"] = wildcards.estimator in RAW_ESTIMATORS
+    return params
 
 
 def figure_params(wildcards):

@@ -55,8 +55,8 @@ rule figure_free_energy_profiles:
 
 rule figure_log_weights:
     input:
-        samples="results/{system}/samples/flow.nc",
-        estimates="results/{system}/analysis/estimates_flow.nc",
+        samples=weighted_samples_files,
+        estimates=weighted_estimate_files,
     output:
         report(
             "results/{system}/figures/log_weights.png",
@@ -131,3 +131,55 @@ rule figure_energy_distributions:
         runtime=10,
     script:
         "../workflow/scripts/figure_energy_distributions.py"
+
+
+rule figure_cost:
+    input:
+        summary="results/{system}/summary.nc",
+    output:
+        report(
+            "results/{system}/figures/cost.png",
+            caption="../report/cost.rst",
+            category="{system}",
+            subcategory="free energies",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_cost.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_cost.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_cost.py"
+
+
+rule figure_score_training:
+    input:
+        curves="results/{system}/models/score_training.nc",
+    output:
+        report(
+            "results/{system}/figures/score_training.png",
+            caption="../report/score_training.rst",
+            category="{system}",
+            subcategory="diagnostics",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_score_training.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_score_training.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_score_training.py"

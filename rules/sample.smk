@@ -22,3 +22,81 @@ rule sample_flow:
         gpu=0,
     script:
         "../workflow/scripts/sample_flow.py"
+
+
+# ---------------------------------------------------------------- score model: probability-flow ODE samples,
+# with log q by one estimator each (exact, hutchinson, perturbation, perturbation_multistep)
+
+
+rule sample_score:
+    input:
+        model="results/{system}/models/score.pt",
+    output:
+        samples="results/{system}/samples/score_{likelihood}.nc",
+    params:
+        system=model_params,
+        sampling=score_sampling_params,
+    log:
+        "results/{system}/logs/sample_score_{likelihood}.log",
+    benchmark:
+        "results/{system}/benchmarks/sample_score_{likelihood}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,
+    script:
+        "../workflow/scripts/sample_score.py"
+
+
+# ---------------------------------------------------------------- SMC from a model (flow or score) to the target
+
+
+rule smc:
+    input:
+        model=smc_model_file,
+    output:
+        samples="results/{system}/samples/{generative}_smc.nc",
+    params:
+        system=model_params,
+        smc=smc_params,
+    log:
+        "results/{system}/logs/smc_{generative}.log",
+    benchmark:
+        "results/{system}/benchmarks/smc_{generative}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,
+    script:
+        "../workflow/scripts/smc.py"
+
+
+# ---------------------------------------------------------------- independence MH with the flow as proposal
+
+
+rule flow_mcmc:
+    input:
+        samples="results/{system}/samples/flow.nc",
+    output:
+        samples="results/{system}/samples/flow_mcmc.nc",
+    params:
+        system=model_params,
+        mcmc=mcmc_params,
+    log:
+        "results/{system}/logs/flow_mcmc.log",
+    benchmark:
+        "results/{system}/benchmarks/flow_mcmc.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/flow_mcmc.py"

@@ -23,3 +23,30 @@ rule train_flow:
         gpu=0,
     script:
         "../workflow/scripts/train_flow.py"
+
+
+# ---------------------------------------------------------------- score model: denoising score matching on MD
+
+
+rule train_score:
+    input:
+        md=target_md_file,
+    output:
+        model="results/{system}/models/score.pt",
+        curves="results/{system}/models/score_training.nc",
+    params:
+        system=model_params,
+        score=score_params,
+    log:
+        "results/{system}/logs/train_score.log",
+    benchmark:
+        "results/{system}/benchmarks/train_score.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,
+    script:
+        "../workflow/scripts/train_score.py"

@@ -38,27 +38,19 @@ def zmatrix_from_state(state: dict) -> ZMatrix:
                    references=np.asarray(state["references"], dtype=np.int64))
 
 
-class BoltzmannGenerator(nn.Module):
-    """A flow over internal coordinates together with the map to Cartesian positions (nm).
+class InternalCoordinateMap(nn.Module):
+    """Internal coordinates as real "model coordinates" y, mapped to Cartesian positions (nm).
 
-    The flow acts on "flow coordinates" y, which are the internal coordinates except for torsions that
-    are confined to a narrow range in the data (``window_centre`` finite: the second hydrogen of a
-    methyl group measured from the first, a planar amide): those are unwrapped around their circular
-    mean c into the real window (c - π, c + π], where a Gaussian base fits them far better than a
-    circular spline could. The unwrapping has unit Jacobian; flow samples outside the window do not
-    correspond to a torsion one-to-one and are dropped like any other sample outside the map.
-
-    ``sample(n)`` returns Cartesian positions [n, n_atoms, 3] (float64, in the canonical frame: first
-    atom at the origin, see ``InternalCoordinates.to_cartesian``) and log q as defined in the module
-    docstring. ``reduced_energy_internal(u)`` turns a Cartesian reduced energy into the energy of the
-    flow-coordinate density, u(x(ic(y))) - J(ic(y)), which is what the flow is trained against.
+    y are the internal coordinates except for torsions with a finite ``window_centre`` c: those are
+    unwrapped into the real window (c - π, c + π]. The unwrapping has unit Jacobian; model samples
+    outside the window do not correspond to a torsion one-to-one and are dropped like any other sample
+    outside the map (``log_jacobian`` is NaN there).
     """
 
-    def __init__(self, zmatrix: ZMatrix, flow: MixedSplineCouplingFlow, window_centre=None):
+    def __init__(self, zmatrix: ZMatrix, window_centre=None):
         super().__init__()
         self.zmatrix = zmatrix
         self.coordinates = InternalCoordinates(zmatrix)
-        self.flow = flow
         dim = self.coordinates.dim
         centre = torch.full((dim,), math.nan, dtype=torch.float64) if window_centre is None else \
             torch.as_tensor(window_centre, dtype=torch.float64).clone()
@@ -108,6 +100,27 @@ class BoltzmannGenerator(nn.Module):
             return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
         return energy
 
+
+class BoltzmannGenerator(InternalCoordinateMap):
+    """A flow over internal coordinates together with the map to Cartesian positions (nm).
+
+    The flow acts on "flow coordinates" y, which are the internal coordinates except for torsions that
+    are confined to a narrow range in the data (``window_centre`` finite: the second hydrogen of a
+    methyl group measured from the first, a planar amide): those are unwrapped around their circular
+    mean c into the real window (c - π, c + π], where a Gaussian base fits them far better than a
+    circular spline could. The unwrapping has unit Jacobian; flow samples outside the window do not
+    correspond to a torsion one-to-one and are dropped like any other sample outside the map.
+
+    ``sample(n)`` returns Cartesian positions [n, n_atoms, 3] (float64, in the canonical frame: first
+    atom at the origin, see ``InternalCoordinates.to_cartesian``) and log q as defined in the module
+    docstring. ``reduced_energy_internal(u)`` turns a Cartesian reduced energy into the energy of the
+    flow-coordinate density, u(x(ic(y))) - J(ic(y)), which is what the flow is trained against.
+    """
+
+    def __init__(self, zmatrix: ZMatrix, flow: MixedSplineCouplingFlow, window_centre=None):
+        super().__init__(zmatrix, window_centre)
+        self.flow = flow
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         y, log_q_flow = self.flow.sample(n, generator=generator)
@@ -126,3 +139,149 @@ class BoltzmannGenerator(nn.Module):
 def _wrap(angle: torch.Tensor) -> torch.Tensor:
     """Angle in (-π, π]."""
     return angle - 2 * math.pi * torch.ceil((angle - math.pi) / (2 * math.pi))
+
+
+# ---------------------------------------------------------------- latent-space views of every model
+#
+# Samplers that move particles in latent space (sequential Monte Carlo, ``boltzflow.smc``) need each
+# model as a deterministic map from standard-normal latent noise ξ [n, latent_dim] to a sample and its
+# log-density: ``decode(ξ) -> (x, log q)``, x [n, 2] for a toy system or [n, n_atoms, 3] (nm) for a
+# molecule, log q [n] in float64 (NaN where a sample leaves the coordinate map).
+
+
+class FlowLatent:
+    """A trained flow (toy ``SplineCouplingFlow`` or ``BoltzmannGenerator``) as a map from ξ ~ N(0, I).
+
+    Gaussian base coordinates are ξ itself; circular ones (uniform on the circle) are 2π Φ(ξ) - π, with Φ
+    the standard normal CDF, which maps N(0, 1) onto the uniform base exactly.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.flow = model.flow if isinstance(model, BoltzmannGenerator) else model
+        self.latent_dim = self.flow.dim
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flow = self.flow
+        z = latent.to(flow.loc.dtype)
+        if hasattr(flow, "circular_idx") and flow.circular_idx.numel():
+            angles = 2.0 * math.pi * torch.special.ndtr(z[:, flow.circular_idx]) - math.pi
+            z = z.index_copy(1, flow.circular_idx, angles)
+        y, log_det = flow.forward(z)
+        log_q = (flow.base_log_prob(z) - log_det).to(torch.float64)
+        if isinstance(self.model, BoltzmannGenerator):
+            y = y.to(torch.float64)
+            return self.model.to_cartesian(y), log_q - self.model.log_jacobian(y)
+        return y.to(torch.float64), log_q
+
+
+#: How a score model's sample gets its log-density (see ``ScoreGenerator.decode``).
+LIKELIHOODS = ("exact", "hutchinson", "perturbation", "perturbation_multistep")
+
+
+class ScoreGenerator(nn.Module):
+    """A score model over standardized model coordinates, sampled by the probability-flow ODE.
+
+    The score network sees s = (y - loc) / scale, where y are the system's model coordinates: x and y
+    of a toy system, or the internal coordinates of an ``InternalCoordinateMap`` (every torsion unwrapped
+    into a window, so that all coordinates are real). Standardizing first matters: a VP diffusion in nm
+    would drown bond lengths (spread 0.003 nm) in its t_min blur. log q of a sample is
+
+        log q = log q_s(s) - Σ log scale  [- J(y) for molecules, as for the Boltzmann generator],
+
+    with log q_s from the ODE by one of ``LIKELIHOODS``.
+    """
+
+    def __init__(self, network: nn.Module, loc: torch.Tensor, scale: torch.Tensor,
+                 coordinate_map: InternalCoordinateMap | None = None):
+        super().__init__()
+        self.network = network
+        self.register_buffer("loc", torch.as_tensor(loc, dtype=torch.float64).clone())
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64).clone())
+        self.coordinate_map = coordinate_map
+
+    @property
+    def dim(self) -> int:
+        return self.network.dim
+
+    @property
+    def schedule(self):
+        return self.network.schedule
+
+    def standardize(self, y: torch.Tensor) -> torch.Tensor:
+        return (y.to(torch.float64) - self.loc) / self.scale
+
+    def model_coordinates(self, positions: torch.Tensor) -> torch.Tensor:
+        """y of MD positions (toy: [n, 2]; molecule: Cartesian [n, n_atoms, 3] → internal)."""
+        if self.coordinate_map is None:
+            return positions.to(torch.float64)
+        return self.coordinate_map.flow_coordinates(self.coordinate_map.to_internal(positions))
+
+    def latent_dim(self, likelihood: str, n_steps: int, n_probes: int) -> int:
+        """ξ holds the prior draw z, and for flow perturbation its probes as well."""
+        if likelihood == "perturbation":
+            return self.dim * (1 + n_probes)
+        if likelihood == "perturbation_multistep":
+            return self.dim * (1 + n_steps * n_probes)
+        return self.dim
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, likelihood: str, n_steps: int, n_probes: int = 1,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, log q) from latent ξ [n, latent_dim]; ``generator`` draws the Hutchinson probes."""
+        from functools import partial
+
+        from boltzflow.perturbation import perturbation_sample, probe_shape
+        from boltzflow.probability_flow import (exact_divergence, hutchinson_divergence,
+                                                integrate_probability_flow, standard_normal_log_prob)
+
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
+        dtype = self.network.loc.dtype
+        latent = latent.to(device=self.loc.device, dtype=dtype)
+        n, dim = latent.shape[0], self.dim
+        z = latent[:, :dim]
+        if likelihood in ("perturbation", "perturbation_multistep"):
+            multistep = likelihood == "perturbation_multistep"
+            probes = latent[:, dim:].reshape(n, -1, dim).transpose(0, 1)  # [n_probes (x steps), n, dim]
+            probes = probes.reshape(probe_shape(n_steps, n_probes, n, dim, multistep))
+            s, log_q_s = perturbation_sample(self.network, self.schedule, z, probes, n_steps, multistep)
+        else:
+            divergence = exact_divergence if likelihood == "exact" else partial(
+                hutchinson_divergence, n_probes=n_probes, generator=generator)
+            s, integral = integrate_probability_flow(self.network, self.schedule, z, 1.0, self.schedule.t_min,
+                                                     n_steps, divergence)
+            log_q_s = standard_normal_log_prob(z) - integral
+        return self.output(s.to(torch.float64), log_q_s.to(torch.float64))
+
+    def output(self, s: torch.Tensor, log_q_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardized samples and their log-density → (positions, log q) in the system's coordinates."""
+        y = self.loc + self.scale * s
+        log_q = log_q_s - torch.log(self.scale).sum()
+        if self.coordinate_map is None:
+            return y, log_q
+        return self.coordinate_map.to_cartesian(y), log_q - self.coordinate_map.log_jacobian(y)
+
+    @property
+    def config(self) -> dict:
+        map_state = None
+        if self.coordinate_map is not None:
+            map_state = zmatrix_state(self.coordinate_map.zmatrix)
+        return {"network": type(self.network).__name__, "network_config": self.network.config, "zmatrix": map_state}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ScoreGenerator":
+        from boltzflow import scores
+
+        network = getattr(scores, SCORE_NETWORKS[config["network"]])(**config["network_config"])
+        dim = network.dim
+        coordinate_map = None
+        if config["zmatrix"] is not None:
+            coordinate_map = InternalCoordinateMap(zmatrix_from_state(config["zmatrix"]))
+        return cls(network, torch.zeros(dim), torch.ones(dim), coordinate_map)
+
+
+#: Config name of each score parameterization → its class in ``boltzflow.scores`` (and back by class name).
+SCORE_NETWORKS = {"unconstrained": "UnconstrainedScore", "conservative": "ConservativeScore",
+                  "UnconstrainedScore": "UnconstrainedScore", "ConservativeScore": "ConservativeScore"}

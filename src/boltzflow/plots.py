@@ -16,7 +16,11 @@ import xarray as xr  # noqa: E402
 
 from boltzflow.units import kt_kj_mol  # noqa: E402
 
-LABELS = {"mbar": "MD (MBAR)", "flow": "flow, reweighted", "flow_raw": "flow, unweighted"}
+LABELS = {"mbar": "MD (MBAR)", "flow": "flow, reweighted", "flow_raw": "flow, unweighted",
+          "score_exact": "score, exact", "score_exact_raw": "score, unweighted",
+          "score_hutchinson": "score, Hutchinson", "score_perturbation": "score, flow perturbation",
+          "score_perturbation_multistep": "score, FP++ (multi-step)", "flow_smc": "flow + SMC",
+          "score_smc": "score + SMC", "flow_mcmc": "flow + MCMC"}
 
 
 def _label(estimator: str) -> str:
@@ -73,15 +77,70 @@ def free_energy_profiles(profiles: xr.Dataset, style: str = "ticks"):
     return fig
 
 
-def log_weight_histogram(log_w: np.ndarray, ess_fraction: float, style: str = "ticks"):
-    """Histogram of finite log-weights, shifted so that the largest is 0."""
+def log_weight_histogram(log_ws: dict[str, np.ndarray], ess_fractions: dict[str, float], style: str = "ticks"):
+    """One panel per estimator: histogram of finite log-weights, shifted so that the largest is 0."""
     sns.set_theme(style=style)
-    finite = log_w[np.isfinite(log_w)]
-    fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
-    sns.histplot(finite - finite.max(), bins=80, ax=ax, color="C0")
-    ax.set_xlabel("ln w − max ln w")
-    ax.set_ylabel("samples")
-    ax.set_title(f"ESS/N = {ess_fraction:.3f}, {len(log_w) - len(finite)} dropped")
+    names = list(log_ws)
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), constrained_layout=True,
+                             squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        log_w = log_ws[name]
+        finite = log_w[np.isfinite(log_w)]
+        if finite.size:
+            sns.histplot(finite - finite.max(), bins=80, ax=ax, color="C0")
+        ax.set_xlabel("ln w − max ln w")
+        ax.set_ylabel("samples")
+        ax.set_title(f"{_label(name)}\nESS/N = {ess_fractions[name]:.3g}, {len(log_w) - len(finite)} dropped",
+                     fontsize=9)
+    return fig
+
+
+def cost_figure(summary: xr.Dataset, style: str = "ticks"):
+    """CPU seconds against the ΔF error (vs MBAR) and ESS/N, one point per estimator.
+
+    The ΔF error is the root mean square over the non-reference states of (ΔF - ΔF_MBAR); the error
+    bar is the root mean square of the combined standard errors.
+    """
+    sns.set_theme(style=style)
+    names = [str(e) for e in summary["estimator"].values if str(e) != "mbar"]
+    reference = summary["delta_f"].sel(estimator="mbar").values[1:]
+    reference_err = summary["delta_f_err"].sel(estimator="mbar").values[1:]
+    fig, (ax_err, ax_ess) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    palette = sns.color_palette("colorblind", len(names) + 1)
+    mbar_cost = float(summary["cpu_seconds"].sel(estimator="mbar"))
+    for colour, name in zip(palette, names):
+        cost = float(summary["cpu_seconds"].sel(estimator=name))
+        values = summary["delta_f"].sel(estimator=name).values[1:]
+        errors = summary["delta_f_err"].sel(estimator=name).values[1:]
+        rms = float(np.sqrt(np.nanmean((values - reference) ** 2)))
+        bar = float(np.sqrt(np.nanmean(errors**2 + reference_err**2)))
+        ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=_label(name), capsize=3)
+        ess = float(summary["ess_fraction"].sel(estimator=name))
+        if np.isfinite(ess):
+            ax_ess.plot(cost, ess, "o", color=colour, label=_label(name))
+    ax_err.axvline(mbar_cost, color="k", ls=":", lw=1, label="MD + MBAR cost")
+    ax_ess.axvline(mbar_cost, color="k", ls=":", lw=1)
+    for ax in (ax_err, ax_ess):
+        ax.set_xscale("log")
+        ax.set_xlabel("CPU seconds (training + sampling + reweighting)")
+    ax_err.set_ylabel("RMS of ΔF − ΔF(MBAR) / kT")
+    ax_ess.set_yscale("log")
+    ax_ess.set_ylabel("ESS / N")
+    ax_err.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def score_training_curves(curves: xr.Dataset, style: str = "ticks"):
+    """Denoising score-matching loss over training."""
+    sns.set_theme(style=style)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    ax.plot(curves["step"], curves["dsm_loss"])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("DSM loss per sample")
     return fig
 
 

@@ -289,8 +289,9 @@ def samples_dataset(system, x, log_q, u) -> xr.Dataset:
 
 
 def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimator: str, replicates: int,
-                   seed: int, trim_fraction: float = 0.002, log=print) -> xr.Dataset:
-    """Importance-reweighted estimates from model samples, plus the unweighted model as ``{estimator}_raw``.
+                   seed: int, trim_fraction: float = 0.002, log=print, include_raw: bool = True) -> xr.Dataset:
+    """Importance-reweighted estimates from model samples, plus the unweighted model as ``{estimator}_raw``
+    when ``include_raw``.
 
     ΔF, profiles and ln Z carry bootstrap standard errors over ``replicates`` resamples. ESS/N is
     reported raw and with the top ``trim_fraction`` of log-weights clipped (``ess_fraction_trimmed``);
@@ -312,12 +313,18 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
 
     # The raw model is every sample with equal weight, whatever its energy.
     raw = np.zeros(n)
-    names = [estimator, f"{estimator}_raw"]
-    results = [estimators.bootstrap(statistics, lw, replicates, seed) for lw in (log_w, raw)]
-    ess = [estimators.ess_fraction(log_w), np.nan]
+    weightings = [log_w, raw] if include_raw else [log_w]
+    names = [estimator, f"{estimator}_raw"][:len(weightings)]
+    results = [estimators.bootstrap(statistics, lw, replicates, seed) for lw in weightings]
+    ess = [estimators.ess_fraction(log_w), np.nan][:len(weightings)]
     ess_trimmed = [estimators.ess_fraction(estimators.trimmed_log_weights(log_w, trim_fraction)), np.nan]
+    ess_trimmed = ess_trimmed[:len(weightings)]
+    if samples.attrs.get("equally_weighted", 0):
+        # MCMC states: equal weights by construction, so a Kish ESS says nothing about them.
+        ess, ess_trimmed = [np.nan] * len(weightings), [np.nan] * len(weightings)
     log(f"{estimator}: ESS/N = {ess[0]:.4f} raw, {ess_trimmed[0]:.4f} with the top {trim_fraction:.2%} "
         f"of log-weights trimmed, over {n} samples")
+    acceptance = [float(samples.attrs.get("acceptance_rate", np.nan))] + [np.nan] * (len(weightings) - 1)
 
     n_states = len(system.states)
     values = np.stack([r.estimate for r in results])
@@ -325,6 +332,8 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     log_z = values[:, n_states].copy()
     log_z_err = errors[:, n_states].copy()
     log_z[1:], log_z_err[1:] = np.nan, np.nan  # an unweighted model has no ln Z estimate
+    if samples.attrs.get("equally_weighted", 0):
+        log_z[:], log_z_err[:] = np.nan, np.nan
     dataset = xr.Dataset(coords={**_grid_coords(system, edges), "estimator": names})
     dataset["delta_f"] = _var(("estimator", "state"), values[:, :n_states], "kT",
                               "state free energy relative to the first state")
@@ -336,6 +345,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     dataset["log_z"] = _var("estimator", log_z, "1", log_z_long_name(system))
     dataset["log_z_err"] = _var("estimator", log_z_err, "1", "bootstrap standard error of log_z")
     dataset["n_samples"] = _var("estimator", [n] * len(names), "1", "number of model samples")
+    dataset["acceptance_rate"] = _var("estimator", acceptance, "1", "Metropolis-Hastings acceptance rate (SMC moves, MCMC)")
     start = n_states + 1
     for cv in system.cvs:
         stop = start + len(edges[cv]) - 1
@@ -344,7 +354,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
         start = stop
     first, second = system.cvs[:2]
     surfaces = [estimators.weighted_surface(cvs[first], cvs[second], lw, edges[first], edges[second])
-                for lw in (log_w, raw)]
+                for lw in weightings]
     dataset[surface_name(system)] = _var(("estimator", first, second), surfaces, "kT",
                                          f"free-energy surface -ln p({first}, {second})")
     area = np.outer(np.diff(edges[first]), np.diff(edges[second]))
@@ -380,7 +390,7 @@ def benchmark_cpu_seconds(paths) -> float:
 
 
 SUMMARY_VARIABLES = ["delta_f", "delta_f_err", "ess_fraction", "ess_fraction_trimmed", "log_z", "log_z_err",
-                     "kl_divergence", "js_divergence", "n_samples", "cpu_seconds"]
+                     "kl_divergence", "js_divergence", "n_samples", "acceptance_rate", "cpu_seconds"]
 
 
 def summary_stage(system, observables: xr.Dataset, estimates: list[xr.Dataset], cpu_seconds: dict[str, float]):
@@ -395,6 +405,7 @@ def summary_stage(system, observables: xr.Dataset, estimates: list[xr.Dataset], 
         kl_divergence=_var("estimator", [0.0], "1", "KL(MBAR || estimate) of the 2D CV histogram, nats"),
         js_divergence=_var("estimator", [0.0], "1", "Jensen-Shannon divergence from MBAR, nats"),
         n_samples=_var("estimator", [observables.attrs["n_samples"]], "1", "number of samples used"),
+        acceptance_rate=_var("estimator", nan, "1", "Metropolis-Hastings acceptance rate (SMC moves, MCMC)"),
     )]
     rows += estimates
     combined = xr.concat(rows, dim="estimator", data_vars="all", coords="minimal", compat="override",

@@ -1,4 +1,4 @@
-"""Rule figure_log_weights: histogram of the flow samples' log importance weights."""
+"""Rule figure_log_weights: histograms of every weighted estimator's log importance weights."""
 
 from _bootstrap import start
 
@@ -8,7 +8,11 @@ from boltzflow.io import read_netcdf  # noqa: E402
 from boltzflow.plots import log_weight_histogram, save_figure  # noqa: E402
 
 inputs = snakemake.input  # noqa: F821
-log_w = read_netcdf(inputs.samples)["log_w"].values
-ess_fraction = float(read_netcdf(inputs.estimates)["ess_fraction"].sel(estimator="flow"))
-figure = log_weight_histogram(log_w, ess_fraction, snakemake.params.figures["style"])  # noqa: F821
+log_ws, ess = {}, {}
+for samples_path, estimates_path in zip(inputs.samples, inputs.estimates):
+    estimates = read_netcdf(estimates_path)
+    name = str(estimates["estimator"].values[0])
+    log_ws[name] = read_netcdf(samples_path)["log_w"].values
+    ess[name] = float(estimates["ess_fraction"].sel(estimator=name))
+figure = log_weight_histogram(log_ws, ess, snakemake.params.figures["style"])  # noqa: F821
 save_figure(figure, snakemake.output[0])  # noqa: F821

@@ -12,6 +12,6 @@ params = snakemake.params.settings  # noqa: F821
 system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
 estimates = reweight_stage(
     system, read_netcdf(snakemake.input.samples), read_netcdf(snakemake.input.observables),  # noqa: F821
-    estimator=snakemake.wildcards.model, replicates=params["bootstrap"], seed=params["seed"],
-    trim_fraction=params["trim_fraction"], log=log)  # noqa: F821
+    estimator=snakemake.wildcards.estimator, replicates=params["bootstrap"], seed=params["seed"],  # noqa: F821
+    trim_fraction=params["trim_fraction"], log=log, include_raw=params["include_raw"])
 write_netcdf(estimates, snakemake.output.estimates, config=params)  # noqa: F821

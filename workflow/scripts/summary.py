@@ -11,16 +11,13 @@ from boltzflow.systems import system_from_config  # noqa: E402
 inputs = snakemake.input  # noqa: F821
 params = snakemake.params.settings  # noqa: F821
 system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-# Each estimator costs the CPU time of the rules that produce it: MBAR all the MD and MBAR; the flow its
-# training, sampling and reweighting (not the target-temperature MD it trains on, which MBAR also uses).
-model_cost = benchmark_cpu_seconds([inputs.train_benchmark, inputs.sample_benchmark])
-cpu_seconds = {
-    "mbar": benchmark_cpu_seconds([*inputs.md_benchmarks, inputs.mbar_benchmark]),
-    "flow": model_cost + benchmark_cpu_seconds([inputs.reweight_benchmark]),
-    "flow_raw": model_cost,
-}
+# Each estimator costs the CPU time of the rules that produce it: MBAR all the MD and MBAR; a model estimator
+# its training, sampling (or SMC, MCMC) and reweighting (not the target-temperature MD it trains on, which
+# MBAR also uses); the raw model the same without reweighting.
+cpu_seconds = {"mbar": benchmark_cpu_seconds([*inputs.md_benchmarks, inputs.mbar_benchmark])}
+cpu_seconds.update({name: benchmark_cpu_seconds(files) for name, files in snakemake.params.costs.items()})  # noqa: F821
 summary, profiles, surface = summary_stage(
-    system, read_netcdf(inputs.observables), [read_netcdf(inputs.estimates)], cpu_seconds)
+    system, read_netcdf(inputs.observables), [read_netcdf(path) for path in inputs.estimates], cpu_seconds)
 outputs = snakemake.output  # noqa: F821
 write_netcdf(profiles, outputs.profiles, config=params)
 write_netcdf(surface, outputs.surface, config=params)

@@ -1,0 +1,246 @@
+"""Workflow stages of the score models and of the samplers that work on any model (SMC, flow MCMC).
+
+Same pattern as ``stages``: arrays and settings in, labelled xarray Datasets out; the sample files follow
+the flow's contract (positions, log_q, reduced_energy, log_w), so reweighting, the summary and the
+figures treat every estimator alike.
+
+Representation. Toy systems: x and y. Molecules: the internal coordinates of the Boltzmann generator,
+with *every* torsion unwrapped into a window so that the diffusion runs on real numbers: narrow torsions
+around their circular mean, the others with the window's edge at the least-populated angle of the MD
+data, so the cut falls where there are (almost) no samples. All coordinates are standardized by the MD
+mean and standard deviation before the diffusion.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import xarray as xr
+
+from boltzflow.devices import select_device
+from boltzflow.stages import _var, samples_dataset
+from boltzflow.systems import Toy2DSystem
+from boltzflow.units import kt_kj_mol
+
+SCORE_ARCHITECTURE = ("hidden", "n_hidden_layers", "time_frequencies", "beta_min", "beta_max", "t_min")
+
+#: Histogram bins for finding the least-populated angle of a wide torsion (10° each).
+TORSION_CUT_BINS = 36
+
+
+def torsion_window_centres(ic, is_torsion, narrow_resultant: float):
+    """Window centre per coordinate (NaN for bonds and angles): every torsion gets a window.
+
+    Narrow torsions (mean resultant length above ``narrow_resultant``) are centred on their circular
+    mean; wide ones on the angle opposite their least-populated 10° bin.
+    """
+    import torch
+
+    mean_cos, mean_sin = ic.cos().mean(0), ic.sin().mean(0)
+    resultant = torch.sqrt(mean_cos**2 + mean_sin**2)
+    centres = torch.full((ic.shape[1],), math.nan, dtype=torch.float64)
+    edges = np.linspace(-math.pi, math.pi, TORSION_CUT_BINS + 1)
+    for column in np.flatnonzero(is_torsion.numpy()):
+        if resultant[column] > narrow_resultant:
+            centres[column] = float(torch.atan2(mean_sin[column], mean_cos[column]))
+            continue
+        counts, _ = np.histogram(ic[:, column].numpy(), bins=edges)
+        emptiest = int(np.argmin(counts))
+        cut = 0.5 * (edges[emptiest] + edges[emptiest + 1])
+        centres[column] = math.remainder(cut + math.pi, 2 * math.pi)
+    return centres
+
+
+def fit_score(system, target_md: xr.Dataset, settings: dict, log=print):
+    """Train a score model by denoising score matching on target-temperature MD → (ScoreGenerator, curves)."""
+    import torch
+
+    from boltzflow.generators import SCORE_NETWORKS, InternalCoordinateMap, ScoreGenerator
+    from boltzflow import scores
+
+    device = select_device(settings["device"], log=log)
+    torch.manual_seed(settings["seed"])
+    positions = torch.as_tensor(target_md["positions"].values, dtype=torch.float64)
+    coordinate_map = None
+    if isinstance(system, Toy2DSystem):
+        y = positions
+    else:
+        from boltzflow.coordinates import InternalCoordinates, build_zmatrix
+        from boltzflow.molecule_stages import NARROW_TORSION_RESULTANT, load_system_molecule
+
+        molecule = load_system_molecule(system)
+        zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
+        ic, _, _ = InternalCoordinates(zmatrix).to_internal(positions)
+        centres = torsion_window_centres(ic, InternalCoordinates(zmatrix).is_torsion, NARROW_TORSION_RESULTANT)
+        coordinate_map = InternalCoordinateMap(zmatrix, centres)
+        y = coordinate_map.flow_coordinates(ic)
+    loc, scale = y.mean(0), y.std(0).clamp_min(1e-8)
+    network_class = getattr(scores, SCORE_NETWORKS[settings["parameterization"]])
+    network = network_class(dim=y.shape[1], **{key: settings[key] for key in SCORE_ARCHITECTURE})
+    model = ScoreGenerator(network, loc, scale, coordinate_map)
+    data = model.standardize(y).to(torch.get_default_dtype())
+    log(f"training a {settings['parameterization']} score model on {len(data)} MD samples at "
+        f"{system.target_temperature_k:g} K: {y.shape[1]} standardized coordinates, "
+        f"{sum(p.numel() for p in network.parameters())} parameters")
+    curves = scores.train_score_model(
+        network.to(device), data.to(device), network.schedule, steps=settings["steps"],
+        batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], seed=settings["seed"], log=log)
+    model.network = network.cpu()
+    return model, curves
+
+
+def score_curves_dataset(curves: dict) -> xr.Dataset:
+    return xr.Dataset(
+        {
+            "dsm_loss": _var("step", curves["loss"], "1",
+                             "denoising score-matching loss per sample, weight σ(t)², standardized coordinates"),
+            "learning_rate": _var("step", curves["learning_rate"], "1", "learning rate"),
+        },
+        coords={"step": ("step", curves["step"], {"units": "1", "long_name": "optimizer step"})},
+    )
+
+
+def save_score(model, path) -> None:
+    import torch
+
+    from boltzflow.io import atomic_path
+
+    with atomic_path(path) as temporary:
+        torch.save({"kind": "score", "config": model.config, "state_dict": model.state_dict()}, temporary)
+
+
+def load_score(path):
+    import torch
+
+    from boltzflow.generators import ScoreGenerator
+
+    saved = torch.load(path, weights_only=True, map_location="cpu")
+    if saved.get("kind") != "score":
+        raise ValueError(f"{path}: not a score model file")
+    model = ScoreGenerator.from_config(saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+class TargetEnergy:
+    """u(x) at the target temperature as a torch function of positions, for any system (context manager)."""
+
+    def __init__(self, system, workers: int = 1):
+        self.system, self.evaluator = system, None
+        if not isinstance(system, Toy2DSystem):
+            from boltzflow.molecule_stages import load_system_molecule
+            from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
+
+            self.evaluator = EnergyEvaluator(load_system_molecule(system), platform="Reference", n_workers=workers)
+            self._energy = reduced_energy_function(self.evaluator, kt_kj_mol(system.target_temperature_k))
+
+    def __call__(self, x):
+        if self.evaluator is None:
+            return self.system.reduced_energy(x.double())
+        return self._energy(x.double())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+def sample_score_stage(system, model, settings: dict, likelihood: str, log=print, energy_workers: int = 1):
+    """Probability-flow samples of a score model with log q by one estimator → samples dataset."""
+    import torch
+
+    device = select_device(settings["device"], log=log)
+    model = model.double().to(device)
+    n_samples, batch = settings["n_samples"], settings["batch_size"]
+    n_probes = {"exact": 1, "hutchinson": settings.get("hutchinson_probes"),
+                "perturbation": settings.get("perturbation_probes"),
+                "perturbation_multistep": settings.get("perturbation_probes")}[likelihood]
+    latent_dim = model.latent_dim(likelihood, settings["ode_steps"], n_probes)
+    generator = torch.Generator().manual_seed(settings["seed"])
+    probe_generator = torch.Generator().manual_seed(settings["seed"] + 1)
+    log(f"sampling {n_samples} from the score model: {settings['ode_steps']} RK4 steps, log q by {likelihood}"
+        + (f" ({n_probes} probe(s))" if likelihood != "exact" else ""))
+    xs, log_qs, us = [], [], []
+    started = time.perf_counter()
+    with TargetEnergy(system, energy_workers) as energy:
+        done = 0
+        while done < n_samples:
+            size = min(batch, n_samples - done)
+            latent = torch.randn(size, latent_dim, generator=generator, dtype=torch.float64).to(device)
+            x, log_q = model.decode(latent, likelihood, settings["ode_steps"], n_probes, probe_generator)
+            x, log_q = x.cpu(), log_q.cpu()
+            xs.append(x.numpy())
+            log_qs.append(log_q.numpy())
+            us.append(energy(x).numpy())
+            done += size
+            elapsed = time.perf_counter() - started
+            log(f"  sampled {done}/{n_samples}  {done / elapsed:,.1f} samples/s  "
+                f"ETA {elapsed / done * (n_samples - done):.0f} s")
+    dataset = samples_dataset(system, np.concatenate(xs), np.concatenate(log_qs), np.concatenate(us))
+    dataset.attrs.update({"likelihood": likelihood, "ode_steps": settings["ode_steps"], "probes": n_probes,
+                          "sampling_wall_seconds": time.perf_counter() - started})
+    return dataset
+
+
+def smc_stage(system, latent_model, settings: dict, log=print, energy_workers: int = 1) -> xr.Dataset:
+    """Sequential Monte Carlo from a model (``generators.FlowLatent`` or a decode closure) → samples dataset."""
+    from boltzflow.smc import SMCSettings, run_smc
+
+    smc_settings = SMCSettings(**{key: settings[key] for key in (
+        "n_particles", "ess_target", "resample_threshold", "moves_per_level", "max_levels", "seed")})
+    with TargetEnergy(system, energy_workers) as energy:
+        result = run_smc(latent_model.decode, energy, latent_model.latent_dim, smc_settings, log=log)
+    dataset = weighted_samples_dataset(system, result.positions, result.log_w, result.reduced_energy,
+                                       "SMC log weight (log-mean-exp = SMC estimate of ln Z)")
+    dataset["beta"] = _var("level", result.betas[1:], "1", "annealing exponent β of each SMC level")
+    dataset["acceptance"] = _var("level", result.acceptance, "1", "MH acceptance rate of the moves at the level")
+    dataset["level_ess_fraction"] = _var("level", result.ess_before_resampling, "1",
+                                         "ESS/N after reweighting to the level, before resampling")
+    dataset.attrs.update({"acceptance_rate": float(np.mean(result.acceptance)), "smc_log_z": result.log_z,
+                          "resamplings": result.resamplings})
+    return dataset
+
+
+def weighted_samples_dataset(system, positions, log_w, u, log_w_long_name: str) -> xr.Dataset:
+    """Samples whose weights do not come from a log q (SMC, MCMC), in the samples contract (log_q NaN)."""
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    dataset = samples_dataset(system, positions, np.full(len(log_w), np.nan), u)
+    dataset["log_w"] = _var("sample", log_w, "1", log_w_long_name)
+    dataset["log_q"].attrs["long_name"] = "not defined for this sampler (NaN)"
+    dataset.attrs["n_nonfinite"] = int(np.sum(~np.isfinite(log_w)))
+    return dataset
+
+
+def mcmc_stage(system, samples: xr.Dataset, settings: dict, log=print) -> xr.Dataset:
+    """Independence MH over a model's weighted draws → the chain states, equally weighted."""
+    from boltzflow.samplers import independence_metropolis
+
+    index, rate = independence_metropolis(samples["log_w"].values, settings["chains"], settings["burn_in"],
+                                          settings["seed"])
+    log(f"independence MH: {settings['chains']} chains, acceptance {rate:.4f}, {len(index)} states kept "
+        f"after {settings['burn_in']} burn-in steps per chain")
+    dataset = weighted_samples_dataset(system, samples["positions"].values[index], np.zeros(len(index)),
+                                       samples["reduced_energy"].values[index],
+                                       "log weight of a chain state (0: the chain's states are equally weighted)")
+    dataset.attrs.update({"acceptance_rate": rate, "equally_weighted": 1})
+    return dataset
+
+
+class ScoreLatent:
+    """A score model with one likelihood estimator as a latent map for SMC (see ``smc``).
+
+    Hutchinson is refused: its weights are biased, and SMC would anneal towards the wrong target.
+    """
+
+    def __init__(self, model, likelihood: str, n_steps: int, n_probes: int):
+        if likelihood == "hutchinson":
+            raise ValueError("SMC needs unbiased weights: use exact, perturbation or perturbation_multistep")
+        self.model, self.likelihood, self.n_steps, self.n_probes = model, likelihood, n_steps, n_probes
+        self.latent_dim = model.latent_dim(likelihood, n_steps, n_probes)
+
+    def decode(self, latent):
+        return self.model.decode(latent, self.likelihood, self.n_steps, self.n_probes)
