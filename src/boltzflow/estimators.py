@@ -191,19 +191,27 @@ class BootstrapResult:
     standard_error: np.ndarray
 
 
-def bootstrap(statistic, log_w: np.ndarray, replicates: int, seed: int) -> BootstrapResult:
+def bootstrap(statistic, log_w: np.ndarray, replicates: int, seed: int, groups: np.ndarray | None = None
+              ) -> BootstrapResult:
     """Point estimate and bootstrap standard error of ``statistic(log_w)``.
 
     Each replicate resamples the N samples with replacement; it is expressed as multiplicity weights
     (log w + ln count), so ``statistic`` sees the original sample order and only needs log-weights.
+    With ``groups`` (an integer label per sample, e.g. the MCMC chain) whole groups are resampled
+    instead, so that correlation within a group widens the error as it should.
     Non-finite replicate values are ignored in the standard error.
     """
     rng = np.random.default_rng(seed)
     n = len(log_w)
     estimate = np.asarray(statistic(log_w), dtype=float)
+    if groups is not None:
+        labels, group_index = np.unique(groups, return_inverse=True)
     values = []
     for _ in range(replicates):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n))
+        if groups is None:
+            counts = rng.multinomial(n, np.full(n, 1.0 / n))
+        else:
+            counts = rng.multinomial(len(labels), np.full(len(labels), 1.0 / len(labels)))[group_index]
         with np.errstate(divide="ignore"):
             values.append(np.asarray(statistic(log_w + np.log(counts)), dtype=float))
     values = np.array(values)

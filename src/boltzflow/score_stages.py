@@ -226,6 +226,8 @@ def mcmc_stage(system, samples: xr.Dataset, settings: dict, log=print) -> xr.Dat
     dataset = weighted_samples_dataset(system, samples["positions"].values[index], np.zeros(len(index)),
                                        samples["reduced_energy"].values[index],
                                        "log weight of a chain state (0: the chain's states are equally weighted)")
+    dataset["chain"] = _var("sample", np.tile(np.arange(settings["chains"]), len(index) // settings["chains"]), "1",
+                            "chain of the state (standard errors resample whole chains)")
     dataset.attrs.update({"acceptance_rate": rate, "equally_weighted": 1})
     return dataset
 

@@ -150,7 +150,8 @@ def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, setting
             noise = torch.randn(n, latent_dim, generator=generator, dtype=torch.float64)
             proposal = math.sqrt(1.0 - step * step) * latent + step * noise
             x_new, log_w_new, u_new = evaluate(proposal)
-            log_ratio = beta * (log_w_new - log_w_model)
+            with np.errstate(invalid="ignore"):  # -inf - -inf: both outside the map, never accepted
+                log_ratio = beta * (log_w_new - log_w_model)
             log_ratio = np.where(np.isnan(log_ratio), -np.inf, log_ratio)
             accept = np.log(rng.random(n)) < log_ratio
             mask = torch.as_tensor(accept)

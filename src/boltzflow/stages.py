@@ -315,7 +315,9 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     raw = np.zeros(n)
     weightings = [log_w, raw] if include_raw else [log_w]
     names = [estimator, f"{estimator}_raw"][:len(weightings)]
-    results = [estimators.bootstrap(statistics, lw, replicates, seed) for lw in weightings]
+    # MCMC states are correlated along each chain: the bootstrap resamples whole chains.
+    groups = samples["chain"].values if "chain" in samples else None
+    results = [estimators.bootstrap(statistics, lw, replicates, seed, groups) for lw in weightings]
     ess = [estimators.ess_fraction(log_w), np.nan][:len(weightings)]
     ess_trimmed = [estimators.ess_fraction(estimators.trimmed_log_weights(log_w, trim_fraction)), np.nan]
     ess_trimmed = ess_trimmed[:len(weightings)]
