@@ -12,14 +12,22 @@ from boltzflow.probability_flow import standard_normal_log_prob
 from boltzflow.scores import VPSchedule
 from test_scores import AnalyticGaussianScore
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These checks are in float64; the default dtype is restored for the other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 # Data (the score model's exact target) and a different Boltzmann target, both Gaussian, 4D, correlated,
 # so that the ODE's Jacobian is anisotropic and not diagonal.
 DIM = 4
-ROTATION = torch.linalg.qr(torch.randn(DIM, DIM, generator=torch.Generator().manual_seed(3)))[0]
-DATA_COVARIANCE = ROTATION @ torch.diag(torch.tensor([0.2, 0.6, 1.5, 3.0])) @ ROTATION.T
-DATA_MEAN = torch.tensor([0.3, -0.2, 0.0, 0.5])
+ROTATION = torch.linalg.qr(torch.randn(DIM, DIM, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0]
+DATA_COVARIANCE = ROTATION @ torch.diag(torch.tensor([0.2, 0.6, 1.5, 3.0], dtype=torch.float64)) @ ROTATION.T
+DATA_MEAN = torch.tensor([0.3, -0.2, 0.0, 0.5], dtype=torch.float64)
 TARGET_PRECISION = torch.linalg.inv(1.3 * DATA_COVARIANCE)
 TARGET_MEAN = DATA_MEAN + 0.2
 SCHEDULE = VPSchedule(beta_min=0.1, beta_max=20.0, t_min=1e-3)

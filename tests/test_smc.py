@@ -9,7 +9,15 @@ import torch
 from boltzflow.samplers import independence_metropolis
 from boltzflow.smc import SMCSettings, run_smc, systematic_resample
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These checks are in float64; the default dtype is restored for the other test modules."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def reduced_energy(x):
@@ -32,8 +40,8 @@ class GaussianModel:
     """A deliberately poor model: one broad Gaussian over both wells, as a latent map ξ → x."""
 
     latent_dim = 2
-    loc = torch.tensor([0.0, 0.0])
-    scale = torch.tensor([1.6, 1.0])
+    loc = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    scale = torch.tensor([1.6, 1.0], dtype=torch.float64)
 
     def decode(self, latent):
         x = self.loc + self.scale * latent

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slow
 
 TOY_SYSTEMS = ["mueller_brown", "double_well"]
 SYSTEMS = [*TOY_SYSTEMS, "alanine_dipeptide"]
-FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training", "energy_distributions"]
+FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training", "energy_distributions",
+           "cost", "score_training"]
+MODEL_ESTIMATORS = ["flow", "flow_raw", "score_exact", "score_exact_raw", "score_hutchinson", "score_perturbation",
+                    "score_perturbation_multistep", "flow_smc", "score_smc", "flow_mcmc"]
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +79,13 @@ def test_output_contract(run, config, system):
 
     summary = xr.open_dataset(results / "summary.nc")
     estimators = [str(e) for e in summary["estimator"].values]
-    assert estimators[:2] == ["mbar", "flow"]
+    assert estimators == ["mbar", *MODEL_ESTIMATORS]
     assert [str(s) for s in summary["state"].values] == list(system_config["states"])
     for name, dims in {"delta_f": ("estimator", "state"), "delta_f_err": ("estimator", "state"),
                        "ess_fraction": ("estimator",), "ess_fraction_trimmed": ("estimator",),
                        "log_z": ("estimator",), "log_z_err": ("estimator",), "kl_divergence": ("estimator",),
                        "js_divergence": ("estimator",), "n_samples": ("estimator",),
-                       "cpu_seconds": ("estimator",)}.items():
+                       "acceptance_rate": ("estimator",), "cpu_seconds": ("estimator",)}.items():
         assert summary[name].dims == dims
     flow = summary.sel(estimator="flow")
     assert 0 < flow["ess_fraction"] <= flow["ess_fraction_trimmed"] <= 1
@@ -117,6 +120,32 @@ def test_output_contract(run, config, system):
         png = results / f"figures/{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert not list(results.rglob("*.tmp")), "a temporary file was left behind"
+
+
+#: Estimators whose ΔF must match quadrature on the toy systems, with their tolerance in kT: the score
+#: models use fewer samples than the flow, and SMC and MCMC have correlated samples (their bootstrap
+#: errors resample particles or chains, see the README), hence the wider bands.
+TOY_TOLERANCE = {"score_exact": 0.15, "score_hutchinson": 0.15, "score_perturbation": 0.2,
+                 "score_perturbation_multistep": 0.2, "flow_smc": 0.2, "score_smc": 0.25, "flow_mcmc": 0.15}
+
+
+@pytest.mark.parametrize("system", TOY_SYSTEMS)
+def test_every_score_and_sampler_estimator_matches_quadrature(run, config, system):
+    truth = quadrature_delta_f(config["systems"][system], system)
+    summary = xr.open_dataset(run / f"results/{system}/summary.nc")
+    for estimator, tolerance in TOY_TOLERANCE.items():
+        values = summary["delta_f"].sel(estimator=estimator).values
+        errors = summary["delta_f_err"].sel(estimator=estimator).values
+        print(system, estimator, values, "±", errors, "ESS/N", float(summary["ess_fraction"].sel(estimator=estimator)))
+        assert np.all(np.abs(values - truth) < np.maximum(tolerance, 3 * errors)), (estimator, values, truth)
+    # SMC and MCMC report their Metropolis acceptance; MCMC has no Kish ESS (equal weights).
+    for estimator in ("flow_smc", "score_smc", "flow_mcmc"):
+        assert 0 < summary["acceptance_rate"].sel(estimator=estimator) <= 1
+    assert math.isnan(summary["ess_fraction"].sel(estimator="flow_mcmc"))
+    # The same model's samples: flow perturbation costs less CPU than the exact divergence only in many
+    # dimensions; in 2D all the likelihood estimators agree on ln Z within their errors.
+    log_z = summary["log_z"].sel(estimator=["score_exact", "score_perturbation", "score_perturbation_multistep"])
+    assert float(log_z.max() - log_z.min()) < 0.1
 
 
 def test_alanine_dipeptide_flow_agrees_with_mbar(run):
@@ -177,28 +206,34 @@ def _planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
-DOWNSTREAM_OF_FLOW = {"train_flow", "sample_flow", "reweight", "summary", "figure_free_energy_surfaces",
-                      "figure_free_energy_profiles", "figure_log_weights", "figure_training",
-                      "figure_energy_distributions", "all"}
+SUMMARY_FIGURES = {"summary", "figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
+                   "figure_cost", "all"}
+DOWNSTREAM_OF_FLOW = SUMMARY_FIGURES | {"train_flow", "sample_flow", "smc", "flow_mcmc", "reweight",
+                                        "figure_training", "figure_energy_distributions"}
+DOWNSTREAM_OF_SCORE = SUMMARY_FIGURES | {"train_score", "sample_score", "smc", "reweight", "figure_score_training"}
+DOWNSTREAM_OF_MD = DOWNSTREAM_OF_FLOW | DOWNSTREAM_OF_SCORE | {"mbar"}
 
 
 FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
-                "figure_training", "figure_energy_distributions", "all"}
+                "figure_training", "figure_energy_distributions", "figure_cost", "figure_score_training", "all"}
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"systems": {"double_well": {"flow": {"learning_rate": 0.002}}}}, DOWNSTREAM_OF_FLOW),
     ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
-     DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training"}),
-    ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_FLOW | {"md", "mbar"}),
+     DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training", "smc"}),
+    ({"systems": {"double_well": {"score": {"steps": 1000}}}}, DOWNSTREAM_OF_SCORE),
+    ({"systems": {"double_well": {"score_sampling": {"hutchinson_probes": 2}}}},
+     SUMMARY_FIGURES | {"sample_score", "reweight"}),
+    ({"systems": {"double_well": {"smc": {"moves_per_level": 3}}}}, SUMMARY_FIGURES | {"smc", "reweight"}),
+    ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_MD | {"md"}),
     ({"systems": {"alanine_dipeptide": {"md": {"exchanges": 250}}}},
-     DOWNSTREAM_OF_FLOW | {"replica_exchange", "replica_state", "mbar"}),
-    ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}},
-     {"reweight", "summary", "figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
-      "all"}),
+     DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state"}),
+    ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}}, SUMMARY_FIGURES | {"reweight"}),
     ({"figures": {"style": "whitegrid"}}, FIGURES_ONLY),
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
-], ids=["flow", "sampling", "md", "replica-exchange", "trim-fraction", "figure-style", "figure-max-kt"])
+], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "trim-fraction",
+        "figure-style", "figure-max-kt"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
     (run / "change.yaml").write_text(yaml.safe_dump(change))
     result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
@@ -232,3 +267,20 @@ def test_report_builds_with_every_figure(run):
     html = (run / "results/report.html").read_text(errors="ignore")
     for figure in FIGURES:
         assert f"{figure}.png" in html
+
+
+def test_estimators_can_be_switched_off_per_system(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    off = {name: False for name in ("score_exact", "score_hutchinson", "score_perturbation",
+                                    "score_perturbation_multistep", "score_smc", "flow_mcmc")}
+    (workdir / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": {"estimators": off}}}))
+    result = snakemake(workdir, "-n", "--cores", "2", "results/double_well/summary.nc", "results/mueller_brown/summary.nc",
+                       "--configfile", "config/test.yaml", "change.yaml")
+    assert result.returncode == 0, result.stderr
+    double_well = [block for block in result.stdout.split("\n\n") if "system=double_well" in block]
+    rules = {line.split()[-1].rstrip(":") for block in double_well for line in block.splitlines()
+             if line.strip().startswith(("rule ", "localrule "))}
+    assert rules == {"md", "mbar", "train_flow", "sample_flow", "smc", "reweight", "summary"}, rules
+    assert "generative=score" not in "\n".join(double_well)
+    # The other system still runs everything.
+    assert "wildcards: system=mueller_brown, generative=score" in result.stdout

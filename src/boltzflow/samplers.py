@@ -5,10 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 
-@torch.no_grad()
 def sample_flow(flow, reduced_energy, n_samples: int, seed: int, batch_size: int = 8192, log=print):
     """Draw ``n_samples`` from ``flow`` in batches; returns numpy (x [n, dim], log_q [n], u [n]).
 
@@ -16,6 +14,13 @@ def sample_flow(flow, reduced_energy, n_samples: int, seed: int, batch_size: int
     generator, so a seed gives the same noise on every device (and the same samples on CPU).
     Energies that come out non-finite are returned as they are; the estimators give them zero weight.
     """
+    import torch  # here, so that the MCMC below runs in the analysis env without torch
+
+    with torch.no_grad():
+        return _sample_flow(flow, reduced_energy, n_samples, seed, batch_size, log, torch)
+
+
+def _sample_flow(flow, reduced_energy, n_samples, seed, batch_size, log, torch):
     generator = torch.Generator().manual_seed(seed)
     xs, log_qs, us = [], [], []
     start = time.perf_counter()

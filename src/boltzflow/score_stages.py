@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.devices import select_device
-from boltzflow.stages import _var, samples_dataset
+from boltzflow.stages import _var, samples_dataset, weighted_samples_dataset
 from boltzflow.systems import Toy2DSystem
 from boltzflow.units import kt_kj_mol
 
@@ -202,33 +202,6 @@ def smc_stage(system, latent_model, settings: dict, log=print, energy_workers: i
                                          "ESS/N after reweighting to the level, before resampling")
     dataset.attrs.update({"acceptance_rate": float(np.mean(result.acceptance)), "smc_log_z": result.log_z,
                           "resamplings": result.resamplings})
-    return dataset
-
-
-def weighted_samples_dataset(system, positions, log_w, u, log_w_long_name: str) -> xr.Dataset:
-    """Samples whose weights do not come from a log q (SMC, MCMC), in the samples contract (log_q NaN)."""
-    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-    dataset = samples_dataset(system, positions, np.full(len(log_w), np.nan), u)
-    dataset["log_w"] = _var("sample", log_w, "1", log_w_long_name)
-    dataset["log_q"].attrs["long_name"] = "not defined for this sampler (NaN)"
-    dataset.attrs["n_nonfinite"] = int(np.sum(~np.isfinite(log_w)))
-    return dataset
-
-
-def mcmc_stage(system, samples: xr.Dataset, settings: dict, log=print) -> xr.Dataset:
-    """Independence MH over a model's weighted draws → the chain states, equally weighted."""
-    from boltzflow.samplers import independence_metropolis
-
-    index, rate = independence_metropolis(samples["log_w"].values, settings["chains"], settings["burn_in"],
-                                          settings["seed"])
-    log(f"independence MH: {settings['chains']} chains, acceptance {rate:.4f}, {len(index)} states kept "
-        f"after {settings['burn_in']} burn-in steps per chain")
-    dataset = weighted_samples_dataset(system, samples["positions"].values[index], np.zeros(len(index)),
-                                       samples["reduced_energy"].values[index],
-                                       "log weight of a chain state (0: the chain's states are equally weighted)")
-    dataset["chain"] = _var("sample", np.tile(np.arange(settings["chains"]), len(index) // settings["chains"]), "1",
-                            "chain of the state (standard errors resample whole chains)")
-    dataset.attrs.update({"acceptance_rate": rate, "equally_weighted": 1})
     return dataset
 
 

@@ -5,7 +5,7 @@ from _bootstrap import start
 log = start(snakemake)  # noqa: F821
 
 from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.score_stages import mcmc_stage  # noqa: E402
+from boltzflow.stages import mcmc_stage  # noqa: E402
 from boltzflow.systems import system_from_config  # noqa: E402
 
 params = {"system": snakemake.params.system, "mcmc": snakemake.params.mcmc}  # noqa: F821
