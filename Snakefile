@@ -4,11 +4,12 @@
 #   results/{system}/md/{temperature}K.nc          decorrelated MD samples at each ladder temperature
 #   results/{system}/analysis/mbar.nc              MBAR reduced free energies over the ladder
 #   results/{system}/analysis/mbar_observables.nc  MBAR state ΔF, profiles and surface at the target
-#   results/{system}/models/flow.pt, flow_training.nc
-#   results/{system}/samples/flow.nc               flow samples with ln q, u and ln w
-#   results/{system}/analysis/estimates_flow.nc    reweighted estimates with bootstrap errors
+#   results/{system}/models/flow.pt, flow_training.nc, score.pt, score_training.nc
+#   results/{system}/samples/{estimator}.nc        model samples with ln q, u and ln w, one file per
+#                                                  estimator (flow, score_exact, ..., flow_smc, flow_mcmc)
+#   results/{system}/analysis/estimates_{estimator}.nc   reweighted estimates with bootstrap errors
 #   results/{system}/summary.nc, summary.csv       every estimator against the MBAR reference
-#   results/{system}/analysis/fes_{cv}.nc, fes_xy.nc
+#   results/{system}/analysis/fes_profiles.nc, fes_surface.nc
 #   results/{system}/figures/*.png
 #   results/{system}/logs/, results/{system}/benchmarks/
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# CI: run the CI-sized workflow (config/test.yaml) through a real one-node SLURM cluster on this host,
-# with the user-facing profile profiles/slurm, in a scratch copy of the workflow:
+# CI: run the CI-sized workflow (config/test.yaml, with .ci/slurm/estimators.yaml) for one system, the
+# double well, through one rule of each kind (MD, MBAR, flow, score model, a probability-flow sampler, SMC,
+# MCMC, reweighting, summary, figures), on a real one-node SLURM cluster on this host, with the
+# user-facing profile profiles/slurm, in a scratch copy of the workflow (every system and estimator runs
+# end to end in tests/test_workflow.py; through sbatch they would add minutes of queueing):
 #   .ci/slurm/run_pipeline.sh
 # Starts the cluster (start.sh), always stops it again (stop.sh), and exits with Snakemake's status.
 # Environment: BOLTZFLOW_SLURM_TIMEOUT (seconds for the Snakemake run, default 1500),
@@ -44,10 +47,14 @@ done
 find "$work" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 cd "$work" || exit 1
 
-echo "==== snakemake --workflow-profile profiles/slurm --configfile config/test.yaml --jobs $jobs (in $work)"
+cp "$here/estimators.yaml" "$work/config/ci_slurm.yaml"
+targets=(results/double_well/summary.nc results/double_well/figures/cost.png
+         results/double_well/figures/score_training.png)
+echo "==== snakemake --workflow-profile profiles/slurm ${targets[*]} --configfile config/test.yaml config/ci_slurm.yaml --jobs $jobs (in $work)"
 run_start=$(date +%s)
-timeout -s INT -k 60 "$timeout_s" "$python" -m snakemake --workflow-profile profiles/slurm \
-  --configfile config/test.yaml --jobs "$jobs" </dev/null 2>&1
+# The targets go before --configfile, which takes every word after it as a config file.
+timeout -s INT -k 60 "$timeout_s" "$python" -m snakemake --workflow-profile profiles/slurm "${targets[@]}" \
+  --configfile config/test.yaml config/ci_slurm.yaml --jobs "$jobs" </dev/null 2>&1
 status=$?
 run_end=$(date +%s)
 if [ "$status" -eq 124 ]; then
