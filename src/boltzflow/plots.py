@@ -41,17 +41,22 @@ def free_energy_surfaces(surface: xr.Dataset, max_kt: float = 10.0, style: str =
     name = _surface_variable(surface)
     first, second = [d for d in surface[name].dims if d != "estimator"]
     estimators = [str(e) for e in surface["estimator"].values]
-    fig, axes = plt.subplots(1, len(estimators), figsize=(4.2 * len(estimators), 3.8),
-                             sharex=True, sharey=True, constrained_layout=True)
-    axes = np.atleast_1d(axes)
+    columns = min(4, len(estimators))
+    rows = -(-len(estimators) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows),
+                             sharex=True, sharey=True, constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(estimators):]:
+        ax.set_visible(False)
     levels = np.linspace(0, max_kt, 21)
-    for ax, estimator in zip(axes, estimators):
+    for ax, estimator in zip(axes.flat, estimators):
         values = surface[name].sel(estimator=estimator)
         shifted = (values - values.min()).clip(max=max_kt)
         mesh = ax.contourf(surface[first], surface[second], shifted.T, levels=levels, cmap="viridis")
         ax.set_title(_label(estimator))
+    for ax in axes[-1]:
         ax.set_xlabel(_axis_label(surface, first))
-    axes[0].set_ylabel(_axis_label(surface, second))
+    for ax in axes[:, 0]:
+        ax.set_ylabel(_axis_label(surface, second))
     fig.colorbar(mesh, ax=axes, label="F / kT")
     return fig
 
