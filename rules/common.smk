@@ -157,7 +157,9 @@ def all_outputs():
         if any(name != "flow_mcmc" for name in estimators):
             figures.append("log_weights")
         if any(name.startswith("flow") for name in estimators):
-            figures += ["training", "energy_distributions"]
+            figures.append("training")
+        if "flow" in estimators or "flow_mcmc" in estimators:  # the figure draws the flow's own samples
+            figures.append("energy_distributions")
         if any(name.startswith("score") for name in estimators):
             figures.append("score_training")
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv"]
@@ -268,8 +270,8 @@ def smc_params(wildcards):
     if wildcards.generative == "score":
         likelihood = system["smc"]["score_likelihood"]
         sampling = system["score_sampling"]
-        params.update(likelihood=likelihood, ode_steps=sampling["ode_steps"],
-                      probes=sampling["perturbation_probes"], device=sampling["device"])
+        params.update(likelihood=likelihood, ode_steps=sampling["ode_steps"], device=sampling["device"],
+                      probes=sampling["perturbation_probes"] if likelihood.startswith("perturbation") else 1)
     else:
         params["device"] = system["sampling"]["device"]
     return params

@@ -58,7 +58,7 @@ def weighted_delta_f(x, log_w):
 def test_smc_raises_ess_over_importance_sampling_and_matches_quadrature():
     truth, log_z_truth = quadrature()
     model = GaussianModel()
-    settings = SMCSettings(n_particles=2000, ess_target=0.5, moves_per_level=5)
+    settings = SMCSettings(n_particles=2000, moves_per_level=5)
     delta_f, log_z, ess_smc = [], [], []
     for seed in range(4):
         result = run_smc(model.decode, reduced_energy, model.latent_dim,

@@ -164,10 +164,12 @@ class FlowLatent:
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flow = self.flow
+        latent = latent.to(device=flow.loc.device, dtype=torch.float64)
         z = latent.to(flow.loc.dtype)
         if hasattr(flow, "circular_idx") and flow.circular_idx.numel():
-            angles = 2.0 * math.pi * torch.special.ndtr(z[:, flow.circular_idx]) - math.pi
-            z = z.index_copy(1, flow.circular_idx, angles)
+            # In float64 (a float32 CDF rounds to 1 above ξ ≈ 5.3), and π itself wrapped to -π as in sample_base.
+            angles = _wrap(2.0 * math.pi * torch.special.ndtr(latent[:, flow.circular_idx]) - math.pi)
+            z = z.index_copy(1, flow.circular_idx, angles.to(z.dtype))
         y, log_det = flow.forward(z)
         log_q = (flow.base_log_prob(z) - log_det).to(torch.float64)
         if isinstance(self.model, BoltzmannGenerator):

@@ -30,7 +30,9 @@ dimensions (O(D)).
 
 Multi-step (Flow Perturbation++, ``multistep=True``): each RK4 step F_k (t_k → t_{k+1}) gets its own
 probe, with G_k the RK4 step back (t_{k+1} → t_k); the probes are independent, so
-E[exp(Σ_k S_k)] = Π_k |det ∂F_k| = |det ∂x/∂z| of the discrete solve. Each step's Jacobian is close to
+E[exp(Σ_k S_k)] = Π_k 1/|det ∂G_k| ≈ |det ∂x/∂z|. The backward RK4 step is the inverse of the forward
+one only up to the integrator's error, so both flow-perturbation weights are unbiased up to that O(h⁴)
+error and the O(δ²) of the central difference, like the exact divergence integrated by RK4. Each step's Jacobian is close to
 the identity, so the variance falls roughly as 1/K for K steps, at the same cost: one forward solve plus
 two backward solves per probe, i.e. 3 solves against 1 + D for the exact divergence.
 

@@ -11,8 +11,9 @@ perturbation ξ also holds the probes, see ``perturbation``). The importance wei
 Boltzmann distribution (exactly so for flow perturbation too: ŵ is an unbiased weight on the extended
 space, as in Flow Perturbation++, arXiv:2601.21177). Between levels the particles are
 
-- reweighted by ŵ^(β' - β), with β' chosen adaptively so that the conditional ESS of that increment is
-  ``ess_target`` (adaptive tempering: many levels where the model is poor, one where it is perfect);
+- reweighted by ŵ^(β' - β), with β' chosen adaptively so that the conditional ESS of that increment
+  given the current weights is ``ess_target`` × N (adaptive tempering: many levels where the model is
+  poor, one where it is perfect; at most ``max_levels``, the last one jumping to β = 1);
 - resampled (systematic) when the ESS falls below ``resample_threshold`` × N;
 - moved by ``moves_per_level`` Metropolis–Hastings steps with the preconditioned Crank–Nicolson
   proposal ξ' = sqrt(1 - ρ²) ξ + ρ η, η ~ N(0, I), accepted with min(1, (ŵ(ξ')/ŵ(ξ))^β). The proposal
@@ -41,7 +42,7 @@ import torch
 @dataclasses.dataclass(frozen=True)
 class SMCSettings:
     n_particles: int = 2000
-    ess_target: float = 0.5
+    ess_target: float = 0.8
     resample_threshold: float = 0.5
     moves_per_level: int = 5
     max_levels: int = 100
@@ -69,10 +70,26 @@ def _ess(log_w: np.ndarray) -> float:
     return float(w.sum() ** 2 / (w * w).sum())
 
 
-def _next_beta(beta: float, log_w_model: np.ndarray, target_fraction: float) -> float:
+def _conditional_ess_fraction(log_w: np.ndarray, increment: np.ndarray) -> float:
+    """Conditional ESS / N of an increment given the current weights (Zhou, Johansen & Aston 2016):
+    (Σ W_i v_i)² / Σ W_i v_i² with W the normalized current weights and v = exp(increment)."""
+    combined = log_w + increment
+    finite = np.isfinite(combined)
+    if not finite.any():
+        return 0.0
+    top_w, top_v = np.max(log_w[np.isfinite(log_w)]), np.max(increment[finite])
+    weights = np.exp(log_w[finite] - top_w)
+    weights /= np.exp(log_w[np.isfinite(log_w)] - top_w).sum()
+    v = np.exp(increment[finite] - top_v)
+    return float((weights * v).sum() ** 2 / (weights * v * v).sum())
+
+
+def _next_beta(beta: float, log_w: np.ndarray, log_w_model: np.ndarray, target_fraction: float) -> float:
     """The largest β' ≤ 1 whose increment ŵ^(β' - β) keeps a conditional ESS of target_fraction × N."""
     def fraction(next_beta):
-        return _ess((next_beta - beta) * log_w_model) / len(log_w_model)
+        with np.errstate(invalid="ignore"):
+            increment = np.where(np.isfinite(log_w_model), (next_beta - beta) * log_w_model, -np.inf)
+        return _conditional_ess_fraction(log_w, increment)
 
     if fraction(1.0) >= target_fraction:
         return 1.0
@@ -80,7 +97,7 @@ def _next_beta(beta: float, log_w_model: np.ndarray, target_fraction: float) -> 
     for _ in range(50):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if fraction(mid) >= target_fraction else (lo, mid)
-    return max(lo, beta + 1e-6)
+    return min(1.0, max(lo, beta + 1e-6))
 
 
 def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -126,11 +143,11 @@ def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, setting
     beta, betas, acceptance, ess_record, resamplings = 0.0, [0.0], [], [], 0
     step = settings.initial_step
     while beta < 1.0:
-        if len(betas) > settings.max_levels:
+        if len(betas) == settings.max_levels:
             log(f"reached max_levels = {settings.max_levels}: jumping to β = 1")
             next_beta = 1.0
         else:
-            next_beta = _next_beta(beta, log_w_model, settings.ess_target)
+            next_beta = _next_beta(beta, log_w, log_w_model, settings.ess_target)
         increment = (next_beta - beta) * log_w_model
         increment = np.where(np.isfinite(increment), increment, -np.inf)
         combined = log_w + increment

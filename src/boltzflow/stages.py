@@ -303,7 +303,9 @@ def mcmc_stage(system, samples: xr.Dataset, settings: dict, log=print) -> xr.Dat
                                           settings["seed"])
     log(f"independence MH: {settings['chains']} chains, acceptance {rate:.4f}, {len(index)} states kept "
         f"after {settings['burn_in']} burn-in steps per chain")
-    dataset = weighted_samples_dataset(system, samples["positions"].values[index], np.zeros(len(index)),
+    # A chain that never left a non-finite first draw keeps no weight (its positions may be NaN).
+    finite = np.isfinite(samples["log_w"].values[index])
+    dataset = weighted_samples_dataset(system, samples["positions"].values[index], np.where(finite, 0.0, -np.inf),
                                        samples["reduced_energy"].values[index],
                                        "log weight of a chain state (0: the chain's states are equally weighted)")
     dataset["chain"] = _var("sample", np.tile(np.arange(settings["chains"]), len(index) // settings["chains"]), "1",
