@@ -111,12 +111,7 @@ def estimate_files(wildcards):
 
 def estimator_benchmarks(wildcards):
     """Benchmark files of the rules behind every enabled estimator (their CPU cost in the summary)."""
-    folder = f"results/{wildcards.system}/benchmarks"
-    files = set()
-    for name in enabled_estimators(wildcards.system):
-        files.update(f"{folder}/{rule}.tsv" for rule in ESTIMATOR_RULES[name])
-        files.add(f"{folder}/reweight_{name}.tsv")
-    return sorted(files)
+    return sorted({path for paths in estimator_costs(wildcards).values() for path in paths})
 
 
 def estimator_costs(wildcards):

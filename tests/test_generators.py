@@ -38,15 +38,21 @@ def generator():
     return BoltzmannGenerator(zmatrix, flow, centre)
 
 
-def test_sample_log_q_is_the_flow_density_of_its_internal_coordinates_minus_the_jacobian(generator):
-    x, log_q = generator.sample(500, generator=torch.Generator().manual_seed(1))
-    assert x.shape == (500, 22, 3) and x.dtype == torch.float64
+def assert_log_q_is_the_generator_density(generator, x, log_q):
+    """Most of 500 samples are in the map, and their log q is the flow's density of their internal
+    coordinates minus the Jacobian."""
     valid = torch.isfinite(log_q)
     assert valid.sum() > 400
     y = generator.flow_coordinates(generator.to_internal(x[valid]))
     with torch.no_grad():
         expected = generator.flow.log_prob(y.float()).double() - generator.log_jacobian(y)
     np.testing.assert_allclose(log_q[valid].numpy(), expected.numpy(), atol=2e-3)
+
+
+def test_sample_log_q_is_the_flow_density_of_its_internal_coordinates_minus_the_jacobian(generator):
+    x, log_q = generator.sample(500, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (500, 22, 3) and x.dtype == torch.float64
+    assert_log_q_is_the_generator_density(generator, x, log_q)
 
 
 def test_windowed_torsions_are_unwrapped_around_their_centre_and_dropped_outside(generator):
@@ -84,12 +90,7 @@ def test_flow_latent_decodes_to_the_generators_samples_and_log_q(generator):
     latent[0, :] = 8.0  # far in the tail: the CDF is 1 in float32, the angle must still be on the circle
     x, log_q = latent_model.decode(latent)
     assert x.shape == (500, 22, 3)
-    valid = torch.isfinite(log_q)
-    assert valid.sum() > 400
-    y = generator.flow_coordinates(generator.to_internal(x[valid]))
-    with torch.no_grad():
-        expected = generator.flow.log_prob(y.float()).double() - generator.log_jacobian(y)
-    np.testing.assert_allclose(log_q[valid].numpy(), expected.numpy(), atol=2e-3)
+    assert_log_q_is_the_generator_density(generator, x, log_q)
 
 
 def test_score_generator_log_q_is_the_probability_flow_density_after_standardization():

@@ -14,13 +14,8 @@ from test_scores import AnalyticGaussianScore
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """These checks are in float64; the default dtype is restored for the other test modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# These checks are in float64 (the fixture restores the default dtype for the other modules).
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 # Data (the score model's exact target) and a different Boltzmann target, both Gaussian, 4D, correlated,
 # so that the ODE's Jacobian is anisotropic and not diagonal.

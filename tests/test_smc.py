@@ -11,13 +11,8 @@ from boltzflow.smc import SMCSettings, run_smc, systematic_resample
 
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """These checks are in float64; the default dtype is restored for the other test modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# These checks are in float64 (the fixture restores the default dtype for the other modules).
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def reduced_energy(x):

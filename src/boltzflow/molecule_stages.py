@@ -125,32 +125,26 @@ def fit_molecule_flow(system: MoleculeSystem, target_md: xr.Dataset, settings: d
     """
     import torch
 
-    from boltzflow.coordinates import InternalCoordinates, build_zmatrix
     from boltzflow.flows import MixedSplineCouplingFlow
     from boltzflow.generators import BoltzmannGenerator
     from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
 
     device = select_device(settings["device"], log=log)
     torch.manual_seed(settings["seed"])
-    molecule = load_system_molecule(system)
-    zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
-    coordinates = InternalCoordinates(zmatrix)
-    positions = torch.as_tensor(target_md["positions"].values, dtype=torch.float64)
-    ic, _, _ = coordinates.to_internal(positions)
+    molecule, zmatrix, coordinates, ic = molecule_internal_coordinates(system, target_md["positions"].values)
     # Torsions whose MD distribution spans the circle stay circular; narrow ones are unwrapped around
     # their circular mean (see BoltzmannGenerator).
-    mean_cos, mean_sin = ic.cos().mean(0), ic.sin().mean(0)
-    resultant = torch.sqrt(mean_cos**2 + mean_sin**2)
+    mean_angle, resultant = circular_statistics(ic)
     torsion = coordinates.is_torsion
     narrow = torsion & (resultant > NARROW_TORSION_RESULTANT)
     circular = torsion & ~narrow
-    window_centre = torch.where(narrow, torch.atan2(mean_sin, mean_cos), torch.full_like(mean_cos, float("nan")))
+    window_centre = torch.where(narrow, mean_angle, torch.full_like(mean_angle, float("nan")))
     generator = BoltzmannGenerator(zmatrix, None, window_centre)
     data64 = generator.flow_coordinates(ic)
     data = data64.to(torch.get_default_dtype())
     loc = torch.where(circular, torch.zeros_like(data[0]), data.mean(0))
     scale = torch.where(circular, torch.ones_like(data[0]), data.std(0).clamp_min(1e-6))
-    circular_loc = torch.where(circular, torch.atan2(mean_sin, mean_cos).to(data.dtype), torch.zeros_like(data[0]))
+    circular_loc = torch.where(circular, mean_angle.to(data.dtype), torch.zeros_like(data[0]))
     flow = MixedSplineCouplingFlow(dim=coordinates.dim, circular=circular.tolist(), loc=loc, scale=scale,
                                    circular_loc=circular_loc, **{key: settings[key] for key in FLOW_ARCHITECTURE})
     generator.flow = flow
@@ -184,6 +178,28 @@ def molecule_sample_stage(system: MoleculeSystem, generator, settings: dict, log
                                   settings["batch_size"], log=log)
         log(f"OpenMM energies: {evaluator.samples_per_second:,.0f} samples/s with {energy_workers} worker(s)")
     return samples_dataset(system, x, log_q, u)
+
+
+def molecule_internal_coordinates(system: MoleculeSystem, positions_nm):
+    """(molecule, Z-matrix, InternalCoordinates, internal coordinates [n, 3 n_atoms - 6] in float64) of
+    Cartesian positions [n, n_atoms, 3] of a molecule system; the Z-matrix comes from its bonds."""
+    import torch
+
+    from boltzflow.coordinates import InternalCoordinates, build_zmatrix
+
+    molecule = load_system_molecule(system)
+    zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
+    coordinates = InternalCoordinates(zmatrix)
+    ic, _, _ = coordinates.to_internal(torch.as_tensor(positions_nm, dtype=torch.float64))
+    return molecule, zmatrix, coordinates, ic
+
+
+def circular_statistics(angles):
+    """(circular mean in (-π, π], mean resultant length |E[exp(iθ)]|) of each column of angles [n, d]."""
+    import torch
+
+    mean_cos, mean_sin = angles.cos().mean(0), angles.sin().mean(0)
+    return torch.atan2(mean_sin, mean_cos), torch.sqrt(mean_cos**2 + mean_sin**2)
 
 
 def load_system_molecule(system: MoleculeSystem):

@@ -48,25 +48,11 @@ import math
 import torch
 from torch import nn
 
-from boltzflow.probability_flow import probability_flow_velocity, standard_normal_log_prob
+from boltzflow.probability_flow import integrate_probability_flow, no_divergence, standard_normal_log_prob
 from boltzflow.scores import VPSchedule
 
 #: Finite-difference half-width δ of the perturbation (in the model's standardized units), as in the paper.
 DELTA = 1e-3
-
-
-def _rk4_step(model, schedule, x: torch.Tensor, t: float, h: float) -> torch.Tensor:
-    """One RK4 step of the probability-flow ODE from time t to t + h (no divergence)."""
-
-    def velocity(y, time):
-        return probability_flow_velocity(model, schedule, y, torch.full((y.shape[0],), time, dtype=y.dtype,
-                                                                          device=y.device))
-
-    k1 = velocity(x, t)
-    k2 = velocity(x + 0.5 * h * k1, t + 0.5 * h)
-    k3 = velocity(x + 0.5 * h * k2, t + 0.5 * h)
-    k4 = velocity(x + h * k3, t + h)
-    return (x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)).detach()
 
 
 def time_grid(schedule: VPSchedule, n_steps: int) -> list[float]:
@@ -77,10 +63,9 @@ def time_grid(schedule: VPSchedule, n_steps: int) -> list[float]:
     return [1.0 + k * h for k in range(n_steps)] + [schedule.t_min]
 
 
-def _solve(model, schedule, x, times: list[float]) -> torch.Tensor:
-    for t, t_next in zip(times[:-1], times[1:]):
-        x = _rk4_step(model, schedule, x, t, t_next - t)
-    return x
+def _solve(model, schedule, x: torch.Tensor, t_start: float, t_end: float, n_steps: int) -> torch.Tensor:
+    """The RK4 path of ``probability_flow.integrate_probability_flow`` without the divergence."""
+    return integrate_probability_flow(model, schedule, x, t_start, t_end, n_steps, no_divergence)[0]
 
 
 def stretching_log_det(backward, x: torch.Tensor, probes: torch.Tensor, delta: float = DELTA) -> torch.Tensor:
@@ -115,20 +100,19 @@ def perturbation_sample(
     ``probes``: [n_probes, batch, dim] for the single-step estimator, [n_steps, n_probes, batch, dim]
     for the multi-step one (a fresh set per RK4 step).
     """
-    times = time_grid(schedule, n_steps)
     if multistep:
         if probes.shape[0] != n_steps:
             raise ValueError(f"multi-step probes need a leading axis of n_steps = {n_steps}, got {probes.shape[0]}")
+        times = time_grid(schedule, n_steps)
         x, s = z.detach(), torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for k, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x_next = _rk4_step(model, schedule, x, t, t_next - t)
-            s = s + stretching_log_det(
-                lambda y, t=t, t_next=t_next: _rk4_step(model, schedule, y, t_next, t - t_next),
-                x_next, probes[k], delta)
+            x_next = _solve(model, schedule, x, t, t_next, 1)
+            s = s + stretching_log_det(lambda y, t=t, t_next=t_next: _solve(model, schedule, y, t_next, t, 1),
+                                       x_next, probes[k], delta)
             x = x_next
     else:
-        x = _solve(model, schedule, z.detach(), times)
-        s = stretching_log_det(lambda y: _solve(model, schedule, y, times[::-1]), x, probes, delta)
+        x = _solve(model, schedule, z.detach(), 1.0, schedule.t_min, n_steps)
+        s = stretching_log_det(lambda y: _solve(model, schedule, y, schedule.t_min, 1.0, n_steps), x, probes, delta)
     return x, standard_normal_log_prob(z) - s
 
 

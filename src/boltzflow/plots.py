@@ -35,18 +35,24 @@ def _axis_label(dataset: xr.Dataset, cv: str) -> str:
     return f"{cv} / {dataset[cv].attrs.get('units', '')}".rstrip(" /")
 
 
+def _panel_grid(n_panels: int, panel_height: float, **kwargs):
+    """A figure with n panels in rows of at most four, the unused ones hidden; axes as a 2D array."""
+    columns = min(4, n_panels)
+    rows = -(-n_panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, panel_height * rows), constrained_layout=True,
+                             squeeze=False, **kwargs)
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def free_energy_surfaces(surface: xr.Dataset, max_kt: float = 10.0, style: str = "ticks"):
     """One panel per estimator: F over the first two CVs, shifted to a minimum of 0, clipped at ``max_kt``."""
     sns.set_theme(style=style)
     name = _surface_variable(surface)
     first, second = [d for d in surface[name].dims if d != "estimator"]
     estimators = [str(e) for e in surface["estimator"].values]
-    columns = min(4, len(estimators))
-    rows = -(-len(estimators) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows),
-                             sharex=True, sharey=True, constrained_layout=True, squeeze=False)
-    for ax in axes.flat[len(estimators):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(len(estimators), 3.6, sharex=True, sharey=True)
     levels = np.linspace(0, max_kt, 21)
     for ax, estimator in zip(axes.flat, estimators):
         values = surface[name].sel(estimator=estimator)
@@ -86,12 +92,7 @@ def log_weight_histogram(log_ws: dict[str, np.ndarray], ess_fractions: dict[str,
     """One panel per estimator: histogram of finite log-weights, shifted so that the largest is 0."""
     sns.set_theme(style=style)
     names = list(log_ws)
-    columns = min(4, len(names))
-    rows = -(-len(names) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.3 * rows), constrained_layout=True,
-                             squeeze=False)
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(len(names), 3.3)
     for ax, name in zip(axes.flat, names):
         log_w = log_ws[name]
         finite = log_w[np.isfinite(log_w)]

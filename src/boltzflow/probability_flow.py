@@ -72,6 +72,12 @@ def exact_divergence(v: Velocity, x: torch.Tensor, t: torch.Tensor) -> tuple[tor
     return velocity.detach(), divergence.detach()
 
 
+def no_divergence(v: Velocity, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v(x, t), 0): the path alone, for solvers that need no log-density (flow perturbation)."""
+    velocity = v(x, t).detach()
+    return velocity, torch.zeros(x.shape[0], dtype=velocity.dtype, device=velocity.device)
+
+
 def hutchinson_divergence(
     v: Velocity,
     x: torch.Tensor,

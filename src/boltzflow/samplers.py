@@ -34,7 +34,8 @@ def _sample_flow(flow, reduced_energy, n_samples, seed, batch_size, log, torch):
         us.append(reduced_energy(x).cpu().numpy())
         done += size
         elapsed = time.perf_counter() - start
-        log(f"  sampled {done}/{n_samples}  {done / elapsed:,.0f} samples/s")
+        log(f"  sampled {done}/{n_samples}  {done / elapsed:,.1f} samples/s  "
+            f"ETA {elapsed / done * (n_samples - done):.0f} s")
     return np.concatenate(xs), np.concatenate(log_qs), np.concatenate(us)
 
 

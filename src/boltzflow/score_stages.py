@@ -38,13 +38,14 @@ def torsion_window_centres(ic, is_torsion, narrow_resultant: float):
     """
     import torch
 
-    mean_cos, mean_sin = ic.cos().mean(0), ic.sin().mean(0)
-    resultant = torch.sqrt(mean_cos**2 + mean_sin**2)
+    from boltzflow.molecule_stages import circular_statistics
+
+    mean_angle, resultant = circular_statistics(ic)
     centres = torch.full((ic.shape[1],), math.nan, dtype=torch.float64)
     edges = np.linspace(-math.pi, math.pi, TORSION_CUT_BINS + 1)
     for column in np.flatnonzero(is_torsion.numpy()):
         if resultant[column] > narrow_resultant:
-            centres[column] = float(torch.atan2(mean_sin[column], mean_cos[column]))
+            centres[column] = float(mean_angle[column])
             continue
         counts, _ = np.histogram(ic[:, column].numpy(), bins=edges)
         emptiest = int(np.argmin(counts))
@@ -67,13 +68,10 @@ def fit_score(system, target_md: xr.Dataset, settings: dict, log=print):
     if isinstance(system, Toy2DSystem):
         y = positions
     else:
-        from boltzflow.coordinates import InternalCoordinates, build_zmatrix
-        from boltzflow.molecule_stages import NARROW_TORSION_RESULTANT, load_system_molecule
+        from boltzflow.molecule_stages import NARROW_TORSION_RESULTANT, molecule_internal_coordinates
 
-        molecule = load_system_molecule(system)
-        zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
-        ic, _, _ = InternalCoordinates(zmatrix).to_internal(positions)
-        centres = torsion_window_centres(ic, InternalCoordinates(zmatrix).is_torsion, NARROW_TORSION_RESULTANT)
+        _, zmatrix, coordinates, ic = molecule_internal_coordinates(system, positions)
+        centres = torsion_window_centres(ic, coordinates.is_torsion, NARROW_TORSION_RESULTANT)
         coordinate_map = InternalCoordinateMap(zmatrix, centres)
         y = coordinate_map.flow_coordinates(ic)
     loc, scale = y.mean(0), y.std(0).clamp_min(1e-8)
@@ -153,34 +151,22 @@ def sample_score_stage(system, model, settings: dict, likelihood: str, log=print
     """Probability-flow samples of a score model with log q by one estimator → samples dataset."""
     import torch
 
+    from boltzflow.samplers import sample_flow
+
     device = select_device(settings["device"], log=log)
     model = model.double().to(device)
     n_samples, batch = settings["n_samples"], settings["batch_size"]
     n_probes = {"exact": 1, "hutchinson": settings.get("hutchinson_probes"),
                 "perturbation": settings.get("perturbation_probes"),
                 "perturbation_multistep": settings.get("perturbation_probes")}[likelihood]
-    latent_dim = model.latent_dim(likelihood, settings["ode_steps"], n_probes)
-    generator = torch.Generator().manual_seed(settings["seed"])
-    probe_generator = torch.Generator().manual_seed(settings["seed"] + 1)
+    draws = ScoreLatent(model, likelihood, settings["ode_steps"], n_probes,
+                        probe_generator=torch.Generator().manual_seed(settings["seed"] + 1))
     log(f"sampling {n_samples} from the score model: {settings['ode_steps']} RK4 steps, log q by {likelihood}"
         + (f" ({n_probes} probe(s))" if likelihood != "exact" else ""))
-    xs, log_qs, us = [], [], []
     started = time.perf_counter()
     with TargetEnergy(system, energy_workers) as energy:
-        done = 0
-        while done < n_samples:
-            size = min(batch, n_samples - done)
-            latent = torch.randn(size, latent_dim, generator=generator, dtype=torch.float64).to(device)
-            x, log_q = model.decode(latent, likelihood, settings["ode_steps"], n_probes, probe_generator)
-            x, log_q = x.cpu(), log_q.cpu()
-            xs.append(x.numpy())
-            log_qs.append(log_q.numpy())
-            us.append(energy(x).numpy())
-            done += size
-            elapsed = time.perf_counter() - started
-            log(f"  sampled {done}/{n_samples}  {done / elapsed:,.1f} samples/s  "
-                f"ETA {elapsed / done * (n_samples - done):.0f} s")
-    dataset = samples_dataset(system, np.concatenate(xs), np.concatenate(log_qs), np.concatenate(us))
+        x, log_q, u = sample_flow(draws, energy, n_samples, settings["seed"], batch, log=log)
+    dataset = samples_dataset(system, x, log_q, u)
     dataset.attrs.update({"likelihood": likelihood, "ode_steps": settings["ode_steps"], "probes": n_probes,
                           "sampling_wall_seconds": time.perf_counter() - started})
     return dataset
@@ -189,6 +175,9 @@ def sample_score_stage(system, model, settings: dict, likelihood: str, log=print
 def smc_stage(system, latent_model, settings: dict, log=print, energy_workers: int = 1) -> xr.Dataset:
     """Sequential Monte Carlo from a model (``generators.FlowLatent`` or a decode closure) → samples dataset."""
     from boltzflow.smc import SMCSettings, run_smc
+
+    if getattr(latent_model, "likelihood", None) == "hutchinson":
+        raise ValueError("SMC needs unbiased weights: use exact, perturbation or perturbation_multistep")
 
     smc_settings = SMCSettings(**{key: settings[key] for key in (
         "n_particles", "ess_target", "resample_threshold", "moves_per_level", "max_levels", "seed")})
@@ -206,16 +195,21 @@ def smc_stage(system, latent_model, settings: dict, log=print, energy_workers: i
 
 
 class ScoreLatent:
-    """A score model with one likelihood estimator as a latent map for SMC (see ``smc``).
+    """A score model with one likelihood estimator as a map from latent noise (see ``smc``), and as a sampler
+    with ``sample(n, generator)`` like a flow's (``samplers.sample_flow``).
 
-    Hutchinson is refused: its weights are biased, and SMC would anneal towards the wrong target.
+    ``probe_generator`` draws the Hutchinson probes, which are not part of the latent.
     """
 
-    def __init__(self, model, likelihood: str, n_steps: int, n_probes: int):
-        if likelihood == "hutchinson":
-            raise ValueError("SMC needs unbiased weights: use exact, perturbation or perturbation_multistep")
+    def __init__(self, model, likelihood: str, n_steps: int, n_probes: int, probe_generator=None):
         self.model, self.likelihood, self.n_steps, self.n_probes = model, likelihood, n_steps, n_probes
+        self.probe_generator = probe_generator
         self.latent_dim = model.latent_dim(likelihood, n_steps, n_probes)
 
     def decode(self, latent):
-        return self.model.decode(latent, self.likelihood, self.n_steps, self.n_probes)
+        return self.model.decode(latent, self.likelihood, self.n_steps, self.n_probes, self.probe_generator)
+
+    def sample(self, n: int, generator=None):
+        import torch
+
+        return self.decode(torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64))
