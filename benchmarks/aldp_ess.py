@@ -19,7 +19,8 @@ import yaml
 from boltzflow import estimators
 from boltzflow.config import load_schema, validate_config
 from boltzflow.io import read_netcdf
-from boltzflow.molecule_stages import fit_molecule_flow, molecule_sample_stage
+from boltzflow.settings import FlowSettings, SamplingSettings, from_block
+from boltzflow.stages.flow import fit_flow, sample_flow_stage
 from boltzflow.systems import system_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,14 +52,14 @@ def main():
         if message.lstrip().startswith("step "):
             cpu_at_record.append(time.process_time() - start)
 
-    model, curves = fit_molecule_flow(system, md, flow, log=log)
+    model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log)
     print(f"{args.system}: {md.sizes['sample']} MD frames, flow {flow['n_layers']} layers x {flow['hidden']} "
           f"hidden, {flow['steps']} steps, energy_weight {flow['energy_weight']}")
     print(f"{'step':>6}{'CPU min':>10}{'ESS/N (monitor)':>18}")
     for step, minutes, ess in zip(curves["step"], cpu_at_record, curves["ess_fraction"]):
         print(f"{step:>6}{minutes / 60:>10.2f}{ess:>18.4f}")
     sampling = {**system_config["sampling"], "n_samples": args.samples, "device": "cpu"}
-    samples = molecule_sample_stage(system, model, sampling, log=lambda _: None)
+    samples = sample_flow_stage(system, model, from_block(SamplingSettings, sampling), log=lambda _: None)
     log_w = samples["log_w"].values
     trimmed = estimators.trimmed_log_weights(log_w, system_config["analysis"]["trim_fraction"])
     print(f"fresh samples: {args.samples}, ESS/N raw {estimators.ess_fraction(log_w):.4f}, "

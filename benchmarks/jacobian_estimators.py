@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from boltzflow.estimators import ess_fraction
-from boltzflow.generators import ScoreGenerator
+from boltzflow.generators import CartesianMap, ScoreGenerator
 from boltzflow.perturbation import perturbation_sample, probe_shape
 from boltzflow.probability_flow import (exact_divergence, hutchinson_divergence, integrate_probability_flow,
                                         standard_normal_log_prob)
@@ -137,7 +137,7 @@ def main():
         data = target.sample(20000, seed=1)
         loc, scale = data.mean(0), data.std(0)
         network = UnconstrainedScore(dim, hidden=128, n_hidden_layers=3).double()
-        model = ScoreGenerator(network, loc, scale)
+        model = ScoreGenerator(network, loc, scale, CartesianMap(dim))
         started = time.process_time()
         train_score_model(network, model.standardize(data), network.schedule, steps=args.train_steps,
                           batch_size=512, learning_rate=1e-3, seed=0, log=lambda message: None)
@@ -162,7 +162,7 @@ def main():
     for dim in [d for d in args.dims if d <= args.analytic_max_dim]:
         target = GaussianMixture(dim)
         network = AnalyticMixtureScore(target, UnconstrainedScore(dim).schedule)
-        model = ScoreGenerator(network, torch.zeros(dim), torch.ones(dim))
+        model = ScoreGenerator(network, torch.zeros(dim), torch.ones(dim), CartesianMap(dim))
         z_all = torch.randn(args.samples, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         for name in estimators:
             seconds, x, log_w = run_estimator(model, target, z_all, name, torch.Generator().manual_seed(3))

@@ -23,7 +23,7 @@ import yaml
 
 from boltzflow.config import load_schema, validate_config
 from boltzflow.md import LangevinSettings, integrator_seed, make_simulation
-from boltzflow.stages import md_stage
+from boltzflow.stages.md import md_stage
 from boltzflow.systems import toy_system_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +79,13 @@ def molecule_throughput(args, system_config):
     import openmm
     from openmm import unit
 
-    from boltzflow.molecule_stages import load_system_molecule, replica_exchange_stage
+    from boltzflow.stages.md import replica_exchange_stage
     from boltzflow.molecules import select_platform
     from boltzflow.systems import system_from_config
 
     md = {**system_config["md"], "exchanges": args.exchanges}
     system = system_from_config(args.system, system_config)
-    molecule = load_system_molecule(system)
+    molecule = system.load_molecule()
     platform = select_platform(md["platform"], molecule, log=lambda _: None)
     steps = (md["equilibration_exchanges"] + md["exchanges"]) * md["steps_per_exchange"]
     n_states = len(system.temperatures_k)
@@ -108,7 +108,7 @@ def molecule_throughput(args, system_config):
         del contexts
         with tempfile.TemporaryDirectory() as scratch:
             start = time.perf_counter()
-            replica_exchange_stage(system, md, log=lambda _: None, checkpoint_path=Path(scratch) / "re.checkpoint")
+            replica_exchange_stage(system, system.md_settings(md), log=lambda _: None, checkpoint_path=Path(scratch) / "re.checkpoint")
             stage.append(time.perf_counter() - start)
 
     ns = n_states * steps * md["timestep_fs"] * 1e-6

@@ -1,16 +1,23 @@
 import sys
 from pathlib import Path
 
-# The science package lives in src/; the Snakefile only needs its dependency-free config checks.
+# The science package lives in src/; the Snakefile only needs its dependency-free config checks, the
+# system factory and the estimator table.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
+from boltzflow.estimator_table import BY_NAME, ESTIMATORS
+from boltzflow.systems import config_keys, system_from_config
 
 
 try:
     validate_config(config, load_schema(Path(workflow.basedir) / "config" / "schema.yaml"))
 except ConfigError as error:
     sys.exit(f"boltzflow: invalid config: {error}")
+
+SYSTEMS = {name: system_from_config(name, block) for name, block in config["systems"].items()}
+#: The systems the default target runs: config["run"], else all of them.
+RUN = config.get("run", list(SYSTEMS))
 
 
 def check_molecules_with_openmm():
@@ -21,14 +28,12 @@ def check_molecules_with_openmm():
     OpenMM platform exists is checked by the job itself: it may run on another node (a GPU one).
     """
     try:
-        from boltzflow.molecules import MoleculeError, load_molecule
+        from boltzflow.molecules import MoleculeError
     except ImportError:
         return
-    for name, system in config["systems"].items():
-        if system["type"] != "molecule":
-            continue
+    for name, system in SYSTEMS.items():
         try:
-            load_molecule(system["pdb"], system["forcefield"], system["constraints"])
+            system.check_backend()
         except MoleculeError as error:
             message = str(error).replace("molecule.", f"systems.{name}.", 1)
             sys.exit(f"boltzflow: invalid config: {message}")
@@ -37,42 +42,25 @@ def check_molecules_with_openmm():
 check_molecules_with_openmm()
 
 
-def systems_of_type(kind):
-    """A wildcard pattern for the systems of one type (one that matches nothing if there are none)."""
-    names = [name for name, system in config["systems"].items() if system["type"] == kind]
+def systems_with_md(method):
+    """A wildcard pattern for the systems whose MD takes one route (one that matches nothing if none do)."""
+    names = [name for name, system in SYSTEMS.items() if system.md_method == method]
     return "|".join(names) if names else "(?!)"
-
-
-#: Every estimator with the rules whose CPU time it costs (beyond the MD): its samples file is
-#: samples/{estimator}.nc and its estimates analysis/estimates_{estimator}.nc.
-ESTIMATOR_RULES = {
-    "flow": ["train_flow", "sample_flow"],
-    "score_exact": ["train_score", "sample_score_exact"],
-    "score_hutchinson": ["train_score", "sample_score_hutchinson"],
-    "score_perturbation": ["train_score", "sample_score_perturbation"],
-    "score_perturbation_multistep": ["train_score", "sample_score_perturbation_multistep"],
-    "flow_smc": ["train_flow", "smc_flow"],
-    "score_smc": ["train_score", "smc_score"],
-    "flow_mcmc": ["train_flow", "sample_flow", "flow_mcmc"],
-}
-ESTIMATORS = list(ESTIMATOR_RULES)
-#: Estimators whose summary also shows the unweighted model ({estimator}_raw).
-RAW_ESTIMATORS = ("flow", "score_exact")
 
 
 def enabled_estimators(system_name):
     switches = config["systems"][system_name]["estimators"]
-    return [name for name in ESTIMATORS if switches[name]]
+    return [estimator.name for estimator in ESTIMATORS if switches[estimator.name]]
 
 
-TOY_SYSTEMS = systems_of_type("toy2d")
-MOLECULE_SYSTEMS = systems_of_type("molecule")
+LANGEVIN_SYSTEMS = systems_with_md("langevin")
+REPLICA_EXCHANGE_SYSTEMS = systems_with_md("replica_exchange")
 
 
 wildcard_constraints:
     system="|".join(config["systems"]),
     temperature=r"[0-9]+(\.[0-9]+)?",
-    estimator="|".join(ESTIMATORS),
+    estimator="|".join(BY_NAME),
     likelihood="exact|hutchinson|perturbation|perturbation_multistep",
     generative="flow|score",
 
@@ -88,16 +76,18 @@ def target_md_file(wildcards):
     return md_files(wildcards)[0]
 
 
+#: The rules whose benchmark files cost the MD of each route (per temperature unless marked "ladder").
+MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exchange", "replica_state_{label}K"]}
+
+
 def md_benchmarks(wildcards):
     """Benchmark files of every job that produced the MD samples (the MBAR estimate's cost)."""
-    system = config["systems"][wildcards.system]
-    labels = [temperature_label(t) for t in system["temperatures"]]
+    labels = [temperature_label(t) for t in config["systems"][wildcards.system]["temperatures"]]
     folder = f"results/{wildcards.system}/benchmarks"
-    if system["type"] == "molecule":
-        return [f"{folder}/replica_exchange.tsv"] + [
-            f"{folder}/replica_state_{label}K.tsv" for label in labels
-        ]
-    return [f"{folder}/md_{label}K.tsv" for label in labels]
+    names = []
+    for pattern in MD_BENCHMARKS[SYSTEMS[wildcards.system].md_method]:
+        names += [pattern.format(label=label) for label in labels] if "{label}" in pattern else [pattern]
+    return [f"{folder}/{name}.tsv" for name in names]
 
 
 def molecule_pdb(wildcards):
@@ -119,16 +109,16 @@ def estimator_costs(wildcards):
     folder = f"results/{wildcards.system}/benchmarks"
     costs = {}
     for name in enabled_estimators(wildcards.system):
-        model = [f"{folder}/{rule}.tsv" for rule in ESTIMATOR_RULES[name]]
+        model = [f"{folder}/{rule}.tsv" for rule in BY_NAME[name].rules]
         costs[name] = model + [f"{folder}/reweight_{name}.tsv"]
-        if name in RAW_ESTIMATORS:
+        if BY_NAME[name].raw_companion:
             costs[f"{name}_raw"] = model
     return costs
 
 
 def _weighted_estimators(system_name):
     """Enabled estimators with importance weights (MCMC states are equally weighted)."""
-    return [name for name in enabled_estimators(system_name) if name != "flow_mcmc"]
+    return [name for name in enabled_estimators(system_name) if BY_NAME[name].weighted]
 
 
 def weighted_samples_files(wildcards):
@@ -144,21 +134,27 @@ def smc_model_file(wildcards):
     return f"results/{wildcards.system}/models/{wildcards.generative}.pt"
 
 
+def figures_of(system_name):
+    """The figures a system's enabled estimators call for."""
+    estimators = [BY_NAME[name] for name in enabled_estimators(system_name)]
+    models = {estimator.model for estimator in estimators}
+    figures = ["free_energy_surfaces", "free_energy_profiles", "cost"]
+    if any(estimator.weighted for estimator in estimators):
+        figures.append("log_weights")
+    if "flow" in models:
+        figures.append("training")
+    if any("sample_flow" in estimator.rules for estimator in estimators):  # it draws the flow's own samples
+        figures.append("energy_distributions")
+    if "score" in models:
+        figures.append("score_training")
+    return figures
+
+
 def all_outputs():
     outputs = []
-    for system in config["systems"]:
-        estimators = enabled_estimators(system)
-        figures = ["free_energy_surfaces", "free_energy_profiles", "cost"]
-        if any(name != "flow_mcmc" for name in estimators):
-            figures.append("log_weights")
-        if any(name.startswith("flow") for name in estimators):
-            figures.append("training")
-        if "flow" in estimators or "flow_mcmc" in estimators:  # the figure draws the flow's own samples
-            figures.append("energy_distributions")
-        if any(name.startswith("score") for name in estimators):
-            figures.append("score_training")
+    for system in RUN:
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv"]
-        outputs += [f"results/{system}/figures/{name}.png" for name in figures]
+        outputs += [f"results/{system}/figures/{name}.png" for name in figures_of(system)]
     return outputs
 
 
@@ -170,42 +166,25 @@ def _system(wildcards):
     return config["systems"][wildcards.system]
 
 
+def _target(system, temperatures):
+    params = {key: system[key] for key in config_keys(system).target}
+    params["temperatures"] = temperatures
+    return params
+
+
+def _cvs(system):
+    return {key: system[key] for key in config_keys(system).cvs if key in system}
+
+
 def md_params(wildcards):
     system = _system(wildcards)
-    params = {
-        "type": system["type"],
-        "energy": system["energy"],
-        "temperatures": [float(wildcards.temperature)],
-        "md": system["md"],
-    }
+    params = {**_target(system, [float(wildcards.temperature)]), "md": system["md"]}
     # Walkers start uniformly in the bounds box, or in the box the states span without bounds.
     if "bounds" in system:
         params["bounds"] = system["bounds"]
     else:
         params["states"] = system["states"]
     return params
-
-
-#: The keys that define a system's target density (its energy), by type.
-TARGET_KEYS = {
-    "toy2d": ["type", "energy"],
-    "molecule": ["type", "pdb", "forcefield", "constraints"],
-}
-#: The keys that define its CVs and states, by type.
-CV_KEYS = {
-    "toy2d": ["states", "bounds"],
-    "molecule": ["cvs", "cv_units", "states"],
-}
-
-
-def _target(system, temperatures):
-    params = {key: system[key] for key in TARGET_KEYS[system["type"]]}
-    params["temperatures"] = temperatures
-    return params
-
-
-def _cvs(system):
-    return {key: system[key] for key in CV_KEYS[system["type"]] if key in system}
 
 
 def replica_exchange_params(wildcards):
@@ -226,11 +205,10 @@ def mbar_params(wildcards):
 
 
 def model_params(wildcards):
-    """The target (energy at the target temperature) that flow training and sampling see."""
+    """The target (energy at the target temperature) that model training and sampling see."""
     system = _system(wildcards)
     params = _target(system, system["temperatures"][:1])
-    if system["type"] == "molecule":
-        params.update(_cvs(system))  # the ESS monitor during training reports state populations
+    params.update({key: system[key] for key in config_keys(system).model if key in system})
     return params
 
 
@@ -259,17 +237,15 @@ def score_sampling_params(wildcards):
 
 
 def smc_params(wildcards):
-    """The smc block, plus for a score model its likelihood estimator's ODE settings."""
+    """The smc block, and how to run the model: its device and, for a score model, its ODE settings."""
     system = _system(wildcards)
-    params = {key: value for key, value in system["smc"].items() if key != "score_likelihood"}
-    if wildcards.generative == "score":
-        likelihood = system["smc"]["score_likelihood"]
-        sampling = system["score_sampling"]
-        params.update(likelihood=likelihood, ode_steps=sampling["ode_steps"], device=sampling["device"],
-                      probes=sampling["perturbation_probes"] if likelihood.startswith("perturbation") else 1)
-    else:
-        params["device"] = system["sampling"]["device"]
-    return params
+    if wildcards.generative == "flow":
+        smc = {key: value for key, value in system["smc"].items() if key != "score_likelihood"}
+        return {"smc": smc, "model": {"device": system["sampling"]["device"]}}
+    sampling = system["score_sampling"]
+    likelihood = system["smc"]["score_likelihood"]
+    model = {key: sampling[key] for key in ["ode_steps", "device"] + PROBE_KEYS[likelihood]}
+    return {"smc": system["smc"], "model": model}
 
 
 def mcmc_params(wildcards):
@@ -280,12 +256,10 @@ def reweight_params(wildcards):
     system = _system(wildcards)
     params = {
         "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
-        "bootstrap": system["analysis"]["bootstrap"],
-        "seed": system["analysis"]["seed"],
-        "trim_fraction": system["analysis"]["trim_fraction"],
+        "analysis": {key: system["analysis"][key] for key in ("bootstrap", "seed", "trim_fraction")},
     }
     if hasattr(wildcards, "estimator"):
-        params["include_raw"] = wildcards.estimator in RAW_ESTIMATORS
+        params["include_raw"] = BY_NAME[wildcards.estimator].raw_companion
     return params
 
 

@@ -3,7 +3,7 @@
 
 rule md:
     wildcard_constraints:
-        system=TOY_SYSTEMS,
+        system=LANGEVIN_SYSTEMS,
     output:
         samples="results/{system}/md/{temperature}K.nc",
     params:
@@ -27,7 +27,7 @@ rule md:
 
 rule replica_exchange:
     wildcard_constraints:
-        system=MOLECULE_SYSTEMS,
+        system=REPLICA_EXCHANGE_SYSTEMS,
     input:
         pdb=molecule_pdb,
     output:
@@ -51,7 +51,7 @@ rule replica_exchange:
 # One temperature of the run in the per-temperature MD contract, plus its AMBER NetCDF trajectory.
 rule replica_state:
     wildcard_constraints:
-        system=MOLECULE_SYSTEMS,
+        system=REPLICA_EXCHANGE_SYSTEMS,
     input:
         replicas="results/{system}/md/replica_exchange.nc",
         pdb=molecule_pdb,

@@ -6,7 +6,7 @@ import xarray as xr
 from scipy.special import erfc
 
 from boltzflow import estimators
-from boltzflow.stages import mbar_stage
+from boltzflow.stages.mbar import mbar_stage
 from boltzflow.systems import Toy2DSystem, StateBox, kt_kj_mol
 
 SPRING = 200.0  # kJ/mol/nm^2

@@ -10,7 +10,7 @@ from boltzflow.coordinates import build_zmatrix
 from boltzflow.flows import MixedSplineCouplingFlow
 from boltzflow.generators import BoltzmannGenerator
 from boltzflow.molecules import load_molecule
-from boltzflow.stages import load_flow, save_flow
+from boltzflow.stages.flow import load_flow, save_flow
 from workflow_helpers import ROOT
 
 
@@ -19,8 +19,8 @@ def generator():
     molecule = load_molecule(ROOT / "data/alanine_dipeptide.pdb")
     zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, molecule.heavy)
     probe = BoltzmannGenerator(zmatrix, None)
-    ic = probe.to_internal(torch.as_tensor(molecule.positions_nm)[None])[0]
-    torsions = probe.coordinates.is_torsion
+    ic = probe.coordinate_map.to_internal(torch.as_tensor(molecule.positions_nm)[None])[0]
+    torsions = probe.coordinate_map.coordinates.is_torsion
     # Two torsions windowed around their value in the PDB, the others circular; bonds and angles
     # standardized around the PDB geometry with small spreads.
     windowed = torch.zeros_like(torsions)
@@ -43,9 +43,9 @@ def assert_log_q_is_the_generator_density(generator, x, log_q):
     coordinates minus the Jacobian."""
     valid = torch.isfinite(log_q)
     assert valid.sum() > 400
-    y = generator.flow_coordinates(generator.to_internal(x[valid]))
+    y = generator.coordinate_map.flow_coordinates(generator.coordinate_map.to_internal(x[valid]))
     with torch.no_grad():
-        expected = generator.flow.log_prob(y.float()).double() - generator.log_jacobian(y)
+        expected = generator.flow.log_prob(y.float()).double() - generator.coordinate_map.log_jacobian(y)
     np.testing.assert_allclose(log_q[valid].numpy(), expected.numpy(), atol=2e-3)
 
 
@@ -56,24 +56,24 @@ def test_sample_log_q_is_the_flow_density_of_its_internal_coordinates_minus_the_
 
 
 def test_windowed_torsions_are_unwrapped_around_their_centre_and_dropped_outside(generator):
-    column = int(torch.nonzero(generator.windowed)[0, 0])
-    centre = float(generator.window_centre[column])
-    ic = generator.to_internal(torch.as_tensor(load_molecule(ROOT / "data/alanine_dipeptide.pdb").positions_nm)[None])
+    column = int(torch.nonzero(generator.coordinate_map.windowed)[0, 0])
+    centre = float(generator.coordinate_map.window_centre[column])
+    ic = generator.coordinate_map.to_internal(torch.as_tensor(load_molecule(ROOT / "data/alanine_dipeptide.pdb").positions_nm)[None])
     for offset in (-3.0, -0.5, 0.5, 3.0):
         shifted = ic.clone()
         shifted[0, column] = (centre + offset + math.pi) % (2 * math.pi) - math.pi  # an angle in [-π, π)
-        y = generator.flow_coordinates(shifted)
+        y = generator.coordinate_map.flow_coordinates(shifted)
         assert y[0, column].item() == pytest.approx(centre + offset, abs=1e-9)
-        assert torch.isfinite(generator.log_jacobian(y)).all()
-    outside = generator.flow_coordinates(ic)
+        assert torch.isfinite(generator.coordinate_map.log_jacobian(y)).all()
+    outside = generator.coordinate_map.flow_coordinates(ic)
     outside[0, column] = centre + math.pi + 0.1
-    assert torch.isnan(generator.log_jacobian(outside)).all()
+    assert torch.isnan(generator.coordinate_map.log_jacobian(outside)).all()
 
 
 def test_saved_generator_reloads_with_weights_only(generator, tmp_path):
     path = tmp_path / "flow.pt"
     save_flow(generator, path)
-    assert set(torch.load(path, weights_only=True)) == {"kind", "config", "state_dict"}
+    assert set(torch.load(path, weights_only=True)) == {"config", "state_dict"}
     reloaded = load_flow(path)
     a = generator.sample(50, generator=torch.Generator().manual_seed(3))
     b = reloaded.sample(50, generator=torch.Generator().manual_seed(3))
@@ -96,7 +96,7 @@ def test_flow_latent_decodes_to_the_generators_samples_and_log_q(generator):
 def test_score_generator_log_q_is_the_probability_flow_density_after_standardization():
     # decode's ln q (exact divergence, standardized coordinates) minus Σ ln scale must equal the ODE
     # density of the same points computed backwards, after the change of variables.
-    from boltzflow.generators import ScoreGenerator
+    from boltzflow.generators import CartesianMap, ScoreGenerator
     from boltzflow.probability_flow import probability_flow_log_prob
     from boltzflow.scores import UnconstrainedScore
 
@@ -106,7 +106,7 @@ def test_score_generator_log_q_is_the_probability_flow_density_after_standardiza
         for parameter in network.parameters():
             parameter.add_(0.2 * torch.randn_like(parameter))  # a nonlinear field, not the reference Gaussian
     loc, scale = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.1, 2.0, 0.7])
-    model = ScoreGenerator(network, loc, scale)
+    model = ScoreGenerator(network, loc, scale, CartesianMap(3))
     latent = torch.randn(200, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y, log_q = model.decode(latent, "exact", n_steps=40)
     expected = probability_flow_log_prob(network, network.schedule, model.standardize(y), n_steps=40)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from boltzflow.md import LangevinSettings, run_langevin
-from boltzflow.stages import md_stage
+from boltzflow.stages.md import md_stage
 from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
 
 SETTINGS = LangevinSettings(walkers=200, steps=4000, equilibration_steps=500, report_interval=20,

@@ -182,3 +182,44 @@ def test_score_model_round_trips_through_weights_only_save(model_class, tmp_path
     x, t = torch.randn(6, 2), torch.rand(6)
     torch.testing.assert_close(rebuilt(x, t), model(x, t))
     assert rebuilt.schedule == model.schedule
+
+
+@pytest.mark.parametrize("model_class", [UnconstrainedScore, ConservativeScore])
+def test_interrupted_score_training_resumes_bit_for_bit(model_class, tmp_path):
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
+    schedule = VPSchedule()
+    settings = dict(steps=40, batch_size=32, learning_rate=3e-3, seed=3, log_every=5)
+
+    def fresh():
+        torch.manual_seed(99)
+        model = model_class(2, hidden=8, n_hidden_layers=1, time_frequencies=2)
+        _randomize_output_layer(model, 2)  # so that every layer trains from the first step
+        return model
+
+    reference = fresh()
+    expected = train_score_model(reference, data, schedule, log=lambda _: None, **settings)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_25(message):
+        if "step 25/40" in message:
+            raise Killed
+
+    checkpoint = tmp_path / "score.checkpoint"
+    with pytest.raises(Killed):
+        train_score_model(fresh(), data, schedule, log=die_at_step_25, checkpoint_path=checkpoint, **settings)
+    assert checkpoint.exists()
+
+    messages = []
+    resumed = fresh()
+    records = train_score_model(resumed, data, schedule, log=messages.append, checkpoint_path=checkpoint,
+                                **settings)
+    assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
+    assert not checkpoint.exists()
+    assert list(records) == ["step", "loss", "learning_rate"]
+    for key in expected:
+        assert records[key].dtype == expected[key].dtype
+        assert (records[key] == expected[key]).all(), key
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name

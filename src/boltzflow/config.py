@@ -92,7 +92,9 @@ def _resolve(ref: str, root: dict) -> dict:
 def validate_config(config: dict, schema: dict) -> dict:
     """Fill defaults and validate; return the config (modified in place) or raise ConfigError."""
     _fill_defaults(config, schema, schema)
-    for system in (config.get("systems") or {}).values():
+    systems = config.get("systems")
+    # A malformed shape (a list where the mapping belongs) is left to the schema's one-line error.
+    for system in (systems.values() if isinstance(systems, dict) else ()):
         # Each kind of system has its own defaults; the schema picks the kind by its type.
         if isinstance(system, dict) and system.get("type") in SYSTEM_KINDS:
             _fill_defaults(system, schema["$defs"][system["type"]], schema)
@@ -103,7 +105,25 @@ def validate_config(config: dict, schema: dict) -> dict:
         raise ConfigError(_describe(best))
     for name, system in config["systems"].items():
         _check_system(name, system)
+        _check_blocks(name, system)
+    for name in config.get("run", []):
+        if name not in config["systems"]:
+            raise ConfigError(f"run: {name!r} is not a system; expected one of {', '.join(config['systems'])}")
     return config
+
+
+def _check_blocks(name: str, system: dict) -> None:
+    """Constraints between keys of the model blocks, which a JSON schema cannot state."""
+    key = f"systems.{name}"
+    score = system["score"]
+    if score["beta_min"] > score["beta_max"]:
+        raise ConfigError(f"{key}.score.beta_min: {score['beta_min']} exceeds beta_max = {score['beta_max']}; "
+                          "expected beta_min <= beta_max")
+    mcmc, n_samples = system["mcmc"], system["sampling"]["n_samples"]
+    if system["estimators"]["flow_mcmc"] and n_samples // mcmc["chains"] <= mcmc["burn_in"]:
+        raise ConfigError(f"{key}.mcmc.burn_in: {mcmc['burn_in']} burn-in steps need more than that many flow "
+                          f"samples per chain; sampling.n_samples = {n_samples} gives "
+                          f"{n_samples // mcmc['chains']} for {mcmc['chains']} chains")
 
 
 def _check_system(name: str, system: dict) -> None:
@@ -197,6 +217,13 @@ def _check_molecule(name: str, system: dict) -> None:
     """
     key = f"systems.{name}"
     _check_temperatures(f"{key}.temperatures", system["temperatures"])
+    temperatures = system["temperatures"]
+    if any(b <= a for a, b in zip(temperatures, temperatures[1:])):
+        raise ConfigError(f"{key}.temperatures: replica exchange needs an increasing ladder, got {temperatures}")
+    md = system["md"]
+    if md["steps_per_exchange"] % md["report_interval"]:
+        raise ConfigError(f"{key}.md.report_interval: {md['report_interval']} must divide "
+                          f"steps_per_exchange = {md['steps_per_exchange']}")
     n_atoms = count_pdb_atoms(system["pdb"], f"{key}.pdb")
     for cv, atoms in system["cvs"].items():
         if len(set(atoms)) != 4:

@@ -47,10 +47,8 @@ def mbar_log_weights(mbar, u_kn: np.ndarray, n_k: np.ndarray, u_target: np.ndarr
     The samples need not be the ones ``mbar`` was solved on: with every recorded frame (correlated, so
     unfit for MBAR's error estimates) they give smoother histograms than the decorrelated subsample.
     """
-    from scipy.special import logsumexp as _logsumexp
-
     f_k = mbar.f_k
-    log_mixture = _logsumexp(np.log(n_k)[:, None] + f_k[:, None] - u_kn, axis=0)
+    log_mixture = logsumexp(np.log(n_k)[:, None] + f_k[:, None] - u_kn, axis=0)
     return -u_target - log_mixture
 
 
@@ -104,8 +102,15 @@ def log_weights(reduced_energy: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarr
 
 
 def ess_fraction(log_w: np.ndarray) -> float:
-    """Kish effective sample size over the number of samples: (Σw)² / (N Σw²), in (0, 1]."""
+    """Kish effective sample size over the number of samples: (Σw)² / (N Σw²), in [0, 1].
+
+    ``log_w`` is one-dimensional. Samples with a non-finite log-weight have weight zero (as in
+    ``log_weights``) but count in N; with no finite weight at all the ESS is 0.
+    """
     log_w = np.asarray(log_w, dtype=float)
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    if not np.isfinite(log_w).any():
+        return 0.0
     return float(np.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w)) / log_w.shape[-1])
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from boltzflow.coordinates import InternalCoordinates, ZMatrix
-from boltzflow.flows import MixedSplineCouplingFlow
+from boltzflow.flows import MixedSplineCouplingFlow, SplineCouplingFlow
 
 
 def zmatrix_state(zmatrix: ZMatrix) -> dict:
@@ -36,6 +36,37 @@ def zmatrix_state(zmatrix: ZMatrix) -> dict:
 def zmatrix_from_state(state: dict) -> ZMatrix:
     return ZMatrix(order=np.asarray(state["order"], dtype=np.int64),
                    references=np.asarray(state["references"], dtype=np.int64))
+
+
+class CartesianMap(nn.Module):
+    """The coordinate map of a system whose positions are its model coordinates (a toy's x and y, nm).
+
+    The identity, with log-Jacobian 0: the same interface as :class:`InternalCoordinateMap`, so that
+    generators and stages never ask which kind of system they serve.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def model_coordinates(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(positions).to(torch.float64)
+
+    def to_cartesian(self, y: torch.Tensor) -> torch.Tensor:
+        return y.to(torch.float64)
+
+    def log_jacobian(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+
+    def reduced_energy_internal(self, reduced_energy):
+        """The energy of the model-coordinate density: here u itself (in float64)."""
+        def energy(y):
+            return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
+        return energy
+
+    @property
+    def config(self) -> dict:
+        return {"type": "cartesian", "dim": self.dim}
 
 
 class InternalCoordinateMap(nn.Module):
@@ -67,6 +98,10 @@ class InternalCoordinateMap(nn.Module):
     def to_internal(self, positions_nm: torch.Tensor) -> torch.Tensor:
         ic, _, _ = self.coordinates.to_internal(positions_nm.to(torch.float64))
         return ic
+
+    def model_coordinates(self, positions_nm: torch.Tensor) -> torch.Tensor:
+        """y of Cartesian positions [n, n_atoms, 3] (nm), float64."""
+        return self.flow_coordinates(self.to_internal(torch.as_tensor(positions_nm)))
 
     def flow_coordinates(self, ic: torch.Tensor) -> torch.Tensor:
         """y from internal coordinates: windowed torsions unwrapped into (c - π, c + π]."""
@@ -100,40 +135,65 @@ class InternalCoordinateMap(nn.Module):
             return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
         return energy
 
+    @property
+    def config(self) -> dict:
+        """The Z-matrix (the window centres are a buffer, saved with the state dict)."""
+        return {"type": "internal", **zmatrix_state(self.zmatrix)}
 
-class BoltzmannGenerator(InternalCoordinateMap):
-    """A flow over internal coordinates together with the map to Cartesian positions (nm).
 
-    The flow acts on "flow coordinates" y, which are the internal coordinates except for torsions that
-    are confined to a narrow range in the data (``window_centre`` finite: the second hydrogen of a
-    methyl group measured from the first, a planar amide): those are unwrapped around their circular
-    mean c into the real window (c - π, c + π], where a Gaussian base fits them far better than a
-    circular spline could. The unwrapping has unit Jacobian; flow samples outside the window do not
-    correspond to a torsion one-to-one and are dropped like any other sample outside the map.
+def coordinate_map_from_config(config: dict) -> nn.Module:
+    """A coordinate map from its ``config`` (window centres come with the state dict)."""
+    if config["type"] == "cartesian":
+        return CartesianMap(config["dim"])
+    return InternalCoordinateMap(zmatrix_from_state(config))
 
-    ``sample(n)`` returns Cartesian positions [n, n_atoms, 3] (float64, in the canonical frame: first
-    atom at the origin, see ``InternalCoordinates.to_cartesian``) and log q as defined in the module
-    docstring. ``reduced_energy_internal(u)`` turns a Cartesian reduced energy into the energy of the
-    flow-coordinate density, u(x(ic(y))) - J(ic(y)), which is what the flow is trained against.
+
+#: Flow classes a generator file may name (``torch.load(weights_only=True)`` reads names, not classes).
+FLOW_CLASSES = {cls.__name__: cls for cls in (SplineCouplingFlow, MixedSplineCouplingFlow)}
+
+
+class FlowGenerator(nn.Module):
+    """A flow over a system's model coordinates together with the map to its positions.
+
+    For a toy the map is the identity (:class:`CartesianMap`); for a molecule it is an
+    :class:`InternalCoordinateMap` and the flow acts on "flow coordinates" y: the internal coordinates,
+    except for torsions that are confined to a narrow range in the data (``window_centre`` finite: the
+    second hydrogen of a methyl group measured from the first, a planar amide), which are unwrapped
+    around their circular mean c into the real window (c - π, c + π], where a Gaussian base fits them far
+    better than a circular spline could.
+
+    ``sample(n)`` returns positions (float64; molecules: Cartesian [n, n_atoms, 3] in the canonical frame,
+    first atom at the origin, see ``InternalCoordinates.to_cartesian``) and log q as defined in the module
+    docstring.
     """
 
-    def __init__(self, zmatrix: ZMatrix, flow: MixedSplineCouplingFlow, window_centre=None):
-        super().__init__(zmatrix, window_centre)
+    def __init__(self, coordinate_map: nn.Module, flow: nn.Module):
+        super().__init__()
+        self.coordinate_map = coordinate_map
         self.flow = flow
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         y, log_q_flow = self.flow.sample(n, generator=generator)
+        return self.output(y, log_q_flow)
+
+    def output(self, y: torch.Tensor, log_q_flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow coordinates and their flow log-density → (positions, log q), float64."""
         y = y.to(torch.float64)
-        return self.to_cartesian(y), log_q_flow.to(torch.float64) - self.log_jacobian(y)
+        return self.coordinate_map.to_cartesian(y), log_q_flow.to(torch.float64) - self.coordinate_map.log_jacobian(y)
 
     @property
     def config(self) -> dict:
-        return {"zmatrix": zmatrix_state(self.zmatrix), "flow": self.flow.config}
+        return {"map": self.coordinate_map.config, "flow_class": type(self.flow).__name__, "flow": self.flow.config}
 
     @classmethod
-    def from_config(cls, config: dict) -> "BoltzmannGenerator":
-        return cls(zmatrix_from_state(config["zmatrix"]), MixedSplineCouplingFlow(**config["flow"]))
+    def from_config(cls, config: dict) -> FlowGenerator:
+        return cls(coordinate_map_from_config(config["map"]), FLOW_CLASSES[config["flow_class"]](**config["flow"]))
+
+
+def BoltzmannGenerator(zmatrix: ZMatrix, flow: nn.Module | None, window_centre=None) -> FlowGenerator:
+    """A flow over the internal coordinates of a molecule (a :class:`FlowGenerator` with that map)."""
+    return FlowGenerator(InternalCoordinateMap(zmatrix, window_centre), flow)
 
 
 def _wrap(angle: torch.Tensor) -> torch.Tensor:
@@ -150,15 +210,15 @@ def _wrap(angle: torch.Tensor) -> torch.Tensor:
 
 
 class FlowLatent:
-    """A trained flow (toy ``SplineCouplingFlow`` or ``BoltzmannGenerator``) as a map from ξ ~ N(0, I).
+    """A trained :class:`FlowGenerator` as a map from ξ ~ N(0, I).
 
     Gaussian base coordinates are ξ itself; circular ones (uniform on the circle) are 2π Φ(ξ) - π, with Φ
     the standard normal CDF, which maps N(0, 1) onto the uniform base exactly.
     """
 
-    def __init__(self, model):
+    def __init__(self, model: FlowGenerator):
         self.model = model
-        self.flow = model.flow if isinstance(model, BoltzmannGenerator) else model
+        self.flow = model.flow
         self.latent_dim = self.flow.dim
 
     @torch.no_grad()
@@ -171,11 +231,7 @@ class FlowLatent:
             angles = _wrap(2.0 * math.pi * torch.special.ndtr(latent[:, flow.circular_idx]) - math.pi)
             z = z.index_copy(1, flow.circular_idx, angles.to(z.dtype))
         y, log_det = flow.forward(z)
-        log_q = (flow.base_log_prob(z) - log_det).to(torch.float64)
-        if isinstance(self.model, BoltzmannGenerator):
-            y = y.to(torch.float64)
-            return self.model.to_cartesian(y), log_q - self.model.log_jacobian(y)
-        return y.to(torch.float64), log_q
+        return self.model.output(y, flow.base_log_prob(z) - log_det)
 
 
 #: How a score model's sample gets its log-density (see ``ScoreGenerator.decode``).
@@ -196,7 +252,7 @@ class ScoreGenerator(nn.Module):
     """
 
     def __init__(self, network: nn.Module, loc: torch.Tensor, scale: torch.Tensor,
-                 coordinate_map: InternalCoordinateMap | None = None):
+                 coordinate_map: nn.Module):
         super().__init__()
         self.network = network
         self.register_buffer("loc", torch.as_tensor(loc, dtype=torch.float64).clone())
@@ -216,9 +272,7 @@ class ScoreGenerator(nn.Module):
 
     def model_coordinates(self, positions: torch.Tensor) -> torch.Tensor:
         """y of MD positions (toy: [n, 2]; molecule: Cartesian [n, n_atoms, 3] → internal)."""
-        if self.coordinate_map is None:
-            return positions.to(torch.float64)
-        return self.coordinate_map.flow_coordinates(self.coordinate_map.to_internal(positions))
+        return self.coordinate_map.model_coordinates(positions)
 
     def latent_dim(self, likelihood: str, n_steps: int, n_probes: int) -> int:
         """ξ holds the prior draw z, and for flow perturbation its probes as well."""
@@ -261,16 +315,12 @@ class ScoreGenerator(nn.Module):
         """Standardized samples and their log-density → (positions, log q) in the system's coordinates."""
         y = self.loc + self.scale * s
         log_q = log_q_s - torch.log(self.scale).sum()
-        if self.coordinate_map is None:
-            return y, log_q
         return self.coordinate_map.to_cartesian(y), log_q - self.coordinate_map.log_jacobian(y)
 
     @property
     def config(self) -> dict:
-        map_state = None
-        if self.coordinate_map is not None:
-            map_state = zmatrix_state(self.coordinate_map.zmatrix)
-        return {"network": type(self.network).__name__, "network_config": self.network.config, "zmatrix": map_state}
+        return {"network": type(self.network).__name__, "network_config": self.network.config,
+                "map": self.coordinate_map.config}
 
     @classmethod
     def from_config(cls, config: dict) -> "ScoreGenerator":
@@ -278,10 +328,7 @@ class ScoreGenerator(nn.Module):
 
         network = getattr(scores, SCORE_NETWORKS[config["network"]])(**config["network_config"])
         dim = network.dim
-        coordinate_map = None
-        if config["zmatrix"] is not None:
-            coordinate_map = InternalCoordinateMap(zmatrix_from_state(config["zmatrix"]))
-        return cls(network, torch.zeros(dim), torch.ones(dim), coordinate_map)
+        return cls(network, torch.zeros(dim), torch.ones(dim), coordinate_map_from_config(config["map"]))
 
 
 #: Config name of each score parameterization → its class in ``boltzflow.scores`` (and back by class name).

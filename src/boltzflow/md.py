@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from boltzflow.checkpoints import Checkpoint
 from boltzflow.systems import Toy2DSystem
 
 
@@ -85,16 +86,13 @@ def _state_hull(system: Toy2DSystem) -> dict[str, tuple[float, float]]:
 def make_simulation(system: Toy2DSystem, temperature_k: float, settings: LangevinSettings,
                     seed: int):
     """An OpenMM Context with the walkers placed and velocities drawn; returns (context, integrator)."""
-    import openmm
     from openmm import unit
 
+    from boltzflow.molecules import langevin_integrator, make_context
+
     omm_system = system.openmm_system(settings.walkers, settings.mass_amu, settings.z_spring_kj_mol_nm2)
-    integrator = openmm.LangevinMiddleIntegrator(
-        temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond,
-        settings.timestep_fs * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed)
-    platform = openmm.Platform.getPlatformByName(settings.platform)
-    context = openmm.Context(omm_system, integrator, platform)
+    integrator = langevin_integrator(temperature_k, settings.friction_per_ps, settings.timestep_fs, seed)
+    context = make_context(omm_system, settings.platform, integrator=integrator)
     rng = np.random.default_rng(seed)
     context.setPositions(initial_positions(system, settings.walkers, rng) * unit.nanometer)
     context.setVelocitiesToTemperature(temperature_k * unit.kelvin, seed)
@@ -102,48 +100,39 @@ def make_simulation(system: Toy2DSystem, temperature_k: float, settings: Langevi
 
 
 class MDCheckpoint:
-    """Resumable progress of one MD run: recorded frames (appended) and the OpenMM Context state.
+    """Resumable progress of one MD run in the folder ``path``: recorded frames and the OpenMM Context state.
 
-    Layout in the folder ``path``: ``frames.bin`` holds the x-y frames as raw float64 records, appended
-    as they are recorded, so the total I/O is one copy of the trajectory; ``state.npz`` holds the number
-    of frames the checkpoint covers, the OpenMM checkpoint (positions, velocities and the integrator's
-    random-number state, so a resumed run continues bit for bit on the same platform) and a key of the
-    run's settings: a checkpoint of other settings is ignored, never mixed in.
+    ``frames.bin`` holds the x-y frames as raw float64 records, appended as they are recorded, so the
+    total I/O is one copy of the trajectory. ``state.npz`` is a :class:`boltzflow.checkpoints.Checkpoint`
+    (written atomically, ignored when written with other ``settings``: never mixed in) with the number of
+    frames the checkpoint covers and the OpenMM checkpoint (positions, velocities and the integrator's
+    random-number state, so a resumed run continues bit for bit on the same platform).
     """
 
-    def __init__(self, path: str | Path, key: str, frame_shape: tuple[int, ...]):
+    def __init__(self, path: str | Path, settings, frame_shape: tuple[int, ...]):
         self.path = Path(path)
-        self.key = key
         self.frame_shape = frame_shape
+        self._state = Checkpoint(self.path / "state.npz", settings)
 
     @property
     def _frames(self) -> Path:
         return self.path / "frames.bin"
 
-    @property
-    def _state(self) -> Path:
-        return self.path / "state.npz"
-
     def load(self) -> tuple[int, np.ndarray, bytes] | None:
         """(frames done, their positions, OpenMM checkpoint) or None if there is no usable checkpoint."""
-        if not self._state.exists():
+        saved = self._state.load()
+        if saved is None or not self._frames.exists():
             return None
-        with np.load(self._state, allow_pickle=False) as saved:
-            if str(saved["key"]) != self.key:
-                return None
-            done = int(saved["frames"])
-            openmm_state = saved["openmm"].tobytes()
+        done = int(saved["frames"])
         # The frames file may hold more records than the state covers (killed between the two writes).
         record = int(np.prod(self.frame_shape))
         frames = np.fromfile(self._frames, dtype=np.float64, count=done * record)
         if frames.size != done * record:
             return None
-        return done, frames.reshape(done, *self.frame_shape), openmm_state
+        return done, frames.reshape(done, *self.frame_shape), saved["openmm"].tobytes()
 
     def save(self, positions: np.ndarray, done: int, saved_before: int, openmm_state: bytes) -> None:
-        """Append frames [saved_before, done) and record the state for ``done`` frames atomically."""
-        from boltzflow.io import atomic_path
-
+        """Append frames [saved_before, done), then record the state for ``done`` frames atomically."""
         self.path.mkdir(parents=True, exist_ok=True)
         mode = "r+b" if saved_before and self._frames.exists() else "wb"
         with open(self._frames, mode) as handle:
@@ -152,12 +141,11 @@ class MDCheckpoint:
             handle.truncate()
             handle.flush()
             os.fsync(handle.fileno())
-        with atomic_path(self._state) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, key=np.array(self.key), frames=np.array(done),
-                         openmm=np.frombuffer(openmm_state, dtype=np.uint8))
+        self._state.save({"frames": np.array(done), "openmm": np.frombuffer(openmm_state, dtype=np.uint8)})
 
     def remove(self) -> None:
+        # The state first: a folder left half-removed then holds no checkpoint that could be resumed.
+        self._state.remove()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -179,8 +167,8 @@ def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSe
     checkpoint = resumed = None
     first = 0
     if checkpoint_path is not None:
-        key = repr((system.energy_expression, temperature_k, settings, context.getPlatform().getName()))
-        checkpoint = MDCheckpoint(checkpoint_path, key, positions.shape[1:])
+        run = [system.energy_expression, temperature_k, asdict(settings), context.getPlatform().getName()]
+        checkpoint = MDCheckpoint(checkpoint_path, run, positions.shape[1:])
         resumed = checkpoint.load()
         if resumed is not None:
             first, positions[:first], openmm_state = resumed

@@ -227,11 +227,32 @@ def select_platform(name: str, molecule: Molecule, log=print, cpu_threads: int =
     return fastest
 
 
+def langevin_integrator(temperature_k: float, friction_per_ps: float, timestep_fs: float,
+                        seed: int | None = None) -> openmm.LangevinMiddleIntegrator:
+    """A Langevin middle integrator; ``seed`` (a positive int) fixes its random stream, None lets OpenMM pick."""
+    integrator = openmm.LangevinMiddleIntegrator(temperature_k * unit.kelvin, friction_per_ps / unit.picosecond,
+                                                 timestep_fs * unit.femtosecond)
+    if seed is not None:
+        integrator.setRandomNumberSeed(seed)
+    return integrator
+
+
+def make_context(system: openmm.System, platform: str, properties: dict[str, str] | None = None,
+                 integrator: openmm.Integrator | None = None) -> openmm.Context:
+    """An OpenMM Context of ``system`` on the platform named ``platform``, with platform ``properties``.
+
+    Without ``integrator`` the Context is for evaluating energies and forces only: it gets a Verlet
+    integrator that never steps (a Context needs one all the same).
+    """
+    if integrator is None:
+        integrator = openmm.VerletIntegrator(1 * unit.femtosecond)
+    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), dict(properties or {}))
+
+
 def _time_langevin_steps(system, positions_nm, platform, threads, budget_s) -> float:
     """Steps per second of a 1 fs Langevin run at 300 K, after a few untimed steps (kernel compilation)."""
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform),
-                             platform_properties(platform, threads))
+    integrator = langevin_integrator(300.0, 1.0, 1.0)
+    context = make_context(system, platform, platform_properties(platform, threads), integrator)
     context.setPositions(positions_nm)
     integrator.step(5)
     context.getState(getEnergy=True)
@@ -251,12 +272,10 @@ def _time_langevin_steps(system, positions_nm, platform, threads, budget_s) -> f
 # Energies and forces
 
 
-def _build_context(system_xml: str, platform: str, threads: int) -> openmm.Context:
+def _energy_context(system_xml: str, platform: str, threads: int) -> openmm.Context:
+    """The Context an evaluator (or one of its workers) evaluates energies and forces with."""
     system = openmm.XmlSerializer.deserialize(system_xml)
-    # The integrator never steps; a Context needs one all the same.
-    integrator = openmm.VerletIntegrator(1 * unit.femtosecond)
-    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform),
-                          platform_properties(platform, threads))
+    return make_context(system, platform, platform_properties(platform, threads))
 
 
 def _evaluate(context: openmm.Context, positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +306,7 @@ _worker_context: openmm.Context | None = None
 
 def _init_worker(system_xml: str, platform: str, threads: int) -> None:
     global _worker_context
-    _worker_context = _build_context(system_xml, platform, threads)
+    _worker_context = _energy_context(system_xml, platform, threads)
 
 
 def _evaluate_in_worker(positions_nm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,7 +373,7 @@ class EnergyEvaluator:
         self._context = None
         self._pool = None
         if self.n_workers == 1:
-            self._context = _build_context(system_xml, platform, self.threads)
+            self._context = _energy_context(system_xml, platform, self.threads)
         else:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.n_workers, mp_context=_SpawnWithoutMainContext(),

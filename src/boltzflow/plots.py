@@ -9,23 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display on a cluster node
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-import xarray as xr  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import xarray as xr
 
-from boltzflow.units import kt_kj_mol  # noqa: E402
-
-LABELS = {"mbar": "MD (MBAR)", "flow": "flow, reweighted", "flow_raw": "flow, unweighted",
-          "score_exact": "score, exact", "score_exact_raw": "score, unweighted",
-          "score_hutchinson": "score, Hutchinson", "score_perturbation": "score, flow perturbation",
-          "score_perturbation_multistep": "score, FP++ (multi-step)", "flow_smc": "flow + SMC",
-          "score_smc": "score + SMC", "flow_mcmc": "flow + MCMC"}
-
-
-def _label(estimator: str) -> str:
-    return LABELS.get(estimator, estimator)
-
+from boltzflow.estimator_table import label
+from boltzflow.units import kt_kj_mol
 
 def _surface_variable(dataset: xr.Dataset) -> str:
     return next(name for name in dataset.data_vars if name.startswith("F_"))
@@ -58,7 +48,7 @@ def free_energy_surfaces(surface: xr.Dataset, max_kt: float = 10.0, style: str =
         values = surface[name].sel(estimator=estimator)
         shifted = (values - values.min()).clip(max=max_kt)
         mesh = ax.contourf(surface[first], surface[second], shifted.T, levels=levels, cmap="viridis")
-        ax.set_title(_label(estimator))
+        ax.set_title(label(estimator))
     for ax in axes[-1]:
         ax.set_xlabel(_axis_label(surface, first))
     for ax in axes[:, 0]:
@@ -80,7 +70,7 @@ def free_energy_profiles(profiles: xr.Dataset, style: str = "ticks"):
             f = profiles[f"F_{cv}"].sel(estimator=estimator).values
             df = profiles[f"dF_{cv}"].sel(estimator=estimator).values
             centres = profiles[cv].values
-            ax.plot(centres, f - shift, color=colour, label=_label(str(estimator)))
+            ax.plot(centres, f - shift, color=colour, label=label(str(estimator)))
             ax.fill_between(centres, f - df - shift, f + df - shift, color=colour, alpha=0.25, linewidth=0)
         ax.set_xlabel(_axis_label(profiles, cv))
         ax.set_ylabel("F / kT")
@@ -100,7 +90,7 @@ def log_weight_histogram(log_ws: dict[str, np.ndarray], ess_fractions: dict[str,
             sns.histplot(finite - finite.max(), bins=80, ax=ax, color="C0")
         ax.set_xlabel("ln w − max ln w")
         ax.set_ylabel("samples")
-        ax.set_title(f"{_label(name)}\nESS/N = {ess_fractions[name]:.3g}, {len(log_w) - len(finite)} dropped",
+        ax.set_title(f"{label(name)}\nESS/N = {ess_fractions[name]:.3g}, {len(log_w) - len(finite)} dropped",
                      fontsize=9)
     return fig
 
@@ -124,10 +114,10 @@ def cost_figure(summary: xr.Dataset, style: str = "ticks"):
         errors = summary["delta_f_err"].sel(estimator=name).values[1:]
         rms = float(np.sqrt(np.nanmean((values - reference) ** 2)))
         bar = float(np.sqrt(np.nanmean(errors**2 + reference_err**2)))
-        ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=_label(name), capsize=3)
+        ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=label(name), capsize=3)
         ess = float(summary["ess_fraction"].sel(estimator=name))
         if np.isfinite(ess):
-            ax_ess.plot(cost, ess, "o", color=colour, label=_label(name))
+            ax_ess.plot(cost, ess, "o", color=colour, label=label(name))
     ax_err.axvline(mbar_cost, color="k", ls=":", lw=1, label="MD + MBAR cost")
     ax_ess.axvline(mbar_cost, color="k", ls=":", lw=1)
     for ax in (ax_err, ax_ess):
@@ -164,9 +154,9 @@ def energy_distributions(md: xr.Dataset, samples: xr.Dataset, style: str = "tick
     bins = np.linspace(lo - margin, hi + margin, 80)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
     ax.hist(md_energy, bins=bins, density=True, histtype="step", lw=2, color="k", label="MD")
-    ax.hist(flow_energy[finite], bins=bins, density=True, histtype="step", color="C1", label=_label("flow_raw"))
+    ax.hist(flow_energy[finite], bins=bins, density=True, histtype="step", color="C1", label=label("flow_raw"))
     ax.hist(flow_energy[finite], bins=bins, weights=weights, density=True, histtype="step", color="C0",
-            label=_label("flow"))
+            label=label("flow"))
     ax.set_xlabel("potential energy / kJ mol⁻¹")
     ax.set_ylabel("density")
     ax.set_title(f"{temperature:g} K, {int((~finite).sum())} non-finite samples left out")

@@ -24,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from boltzflow.checkpoints import Checkpoint
 from boltzflow.io import atomic_path
 from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K
 
@@ -158,8 +158,9 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     ``_stop_after_exchanges`` (for tests) raises :class:`ReplicaExchangeInterrupted` once that many
     exchanges are done, counted from the start of the run (equilibration and resumed ones included).
     """
-    import openmm
     from openmm import unit
+
+    from boltzflow.molecules import langevin_integrator, make_context
 
     temperatures_k = np.asarray(temperatures_k, dtype=float)
     positions_nm = np.asarray(_strip_unit(positions_nm, unit.nanometer), dtype=float)
@@ -174,14 +175,12 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
 
     n_states = len(temperatures_k)
     n_pairs = n_states - 1
-    platform = openmm.Platform.getPlatformByName(settings.platform)
     contexts = []
     for temperature_k in temperatures_k:
-        integrator = openmm.LangevinMiddleIntegrator(
-            temperature_k * unit.kelvin, settings.friction_per_ps / unit.picosecond,
-            settings.timestep_fs * unit.femtosecond)
-        integrator.setRandomNumberSeed(openmm_seed(settings.seed, temperature_k, "integrator"))
-        contexts.append(openmm.Context(system, integrator, platform, dict(settings.platform_properties)))
+        integrator = langevin_integrator(temperature_k, settings.friction_per_ps, settings.timestep_fs,
+                                         openmm_seed(settings.seed, temperature_k, "integrator"))
+        contexts.append(make_context(system, settings.platform, settings.platform_properties, integrator))
+    platform_name = contexts[0].getPlatform().getName()
 
     frames_per_exchange = settings.steps_per_exchange // settings.report_interval
     n_frames = settings.exchanges * frames_per_exchange
@@ -197,12 +196,12 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     rng = np.random.default_rng(settings.seed)
     checkpoint = None
     if checkpoint_path is not None:
-        checkpoint = _Checkpoint(Path(checkpoint_path), _checkpoint_key(settings, temperatures_k, n_atoms,
-                                                                        platform.getName()))
+        run = [asdict(settings), [float(t) for t in temperatures_k], n_atoms, platform_name]
+        checkpoint = _Checkpoint(Path(checkpoint_path), run)
     done = checkpoint.load(record, contexts, rng) if checkpoint is not None else None
     log(f"replica exchange: {n_states} states {', '.join(f'{t:g}' for t in temperatures_k)} K, "
         f"{n_atoms} atoms, {settings.equilibration_exchanges} + {settings.exchanges} exchanges of "
-        f"{settings.steps_per_exchange} steps of {settings.timestep_fs:g} fs, platform {platform.getName()}, "
+        f"{settings.steps_per_exchange} steps of {settings.timestep_fs:g} fs, platform {platform_name}, "
         f"seed {settings.seed}")
     if done is None:
         done = 0
@@ -346,35 +345,23 @@ def _log_progress(log, settings, record: _Record, done: int, first: int, total: 
         f"  acceptance [{pairs}]  ETA {eta_s:.0f} s")
 
 
-def _checkpoint_key(settings, temperatures_k, n_atoms: int, platform_name: str) -> str:
-    description = json.dumps([asdict(settings), [float(t) for t in temperatures_k], n_atoms, platform_name],
-                             sort_keys=True, default=str)
-    return hashlib.sha256(description.encode()).hexdigest()
-
-
 class _Checkpoint:
-    """One .npz file with everything a resumed run needs to continue bit for bit.
+    """Everything a resumed run needs to continue bit for bit, in one :class:`boltzflow.checkpoints.Checkpoint`.
 
     It holds the frames recorded so far, every Context's OpenMM checkpoint (positions, velocities and
     the integrator's random state), the state → replica map, the swap counters, the state of the swap
-    random generator and the number of exchanges done, with a key of the run's inputs.
+    random generator and the number of exchanges done. ``settings`` describes the run's inputs: a
+    checkpoint of other inputs, or an unreadable file, is ignored (and overwritten later).
     """
 
-    def __init__(self, path: Path, key: str):
-        self.path = path
-        self.key = key
+    def __init__(self, path: Path, settings):
+        self.file = Checkpoint(path, settings)
 
     def load(self, record: _Record, contexts, rng: np.random.Generator) -> int | None:
         """Fill ``record``, ``contexts`` and ``rng`` and return the exchanges done, or None if unusable."""
-        if not self.path.exists():
+        saved = self.file.load()
+        if saved is None:
             return None
-        try:
-            with np.load(self.path, allow_pickle=False) as file:
-                if str(file["key"]) != self.key:
-                    return None
-                saved = {name: file[name] for name in file.files}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            return None  # unreadable (e.g. another program's file): start afresh, overwrite it later
         frames = int(saved["frames"])
         record.positions_nm[:, :frames] = saved["positions_nm"]
         record.energy_kj_mol[:, :frames] = saved["energy_kj_mol"]
@@ -391,17 +378,14 @@ class _Checkpoint:
              frames: int) -> None:
         contexts_saved = {f"context_{k}": np.frombuffer(context.createCheckpoint(), dtype=np.uint8)
                           for k, context in enumerate(contexts)}
-        with atomic_path(self.path) as temporary:
-            with open(temporary, "wb") as handle:
-                np.savez(handle, key=np.array(self.key), exchanges_done=np.array(exchanges_done),
-                         frames=np.array(frames), positions_nm=record.positions_nm[:, :frames],
-                         energy_kj_mol=record.energy_kj_mol[:, :frames], replica=record.replica[:, :frames],
-                         state_replica=record.state_replica, accepted=record.accepted,
-                         attempts=record.attempts, rng_state=np.array(json.dumps(rng.bit_generator.state)),
-                         **contexts_saved)
+        self.file.save(dict(
+            exchanges_done=np.array(exchanges_done), frames=np.array(frames),
+            positions_nm=record.positions_nm[:, :frames], energy_kj_mol=record.energy_kj_mol[:, :frames],
+            replica=record.replica[:, :frames], state_replica=record.state_replica, accepted=record.accepted,
+            attempts=record.attempts, rng_state=np.array(json.dumps(rng.bit_generator.state)), **contexts_saved))
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.file.remove()
 
 
 def write_amber_netcdf(path: str | Path, positions_nm: np.ndarray, topology, time_ps: np.ndarray) -> None:

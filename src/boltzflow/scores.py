@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from boltzflow import training
 from boltzflow.flows import standardization, zero_output_mlp
 
 
@@ -289,13 +290,15 @@ def train_score_model(
     seed: int = 0,
     log: Callable[[str], None] = print,
     log_every: int = 100,
+    checkpoint_path: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit the score model ``model`` to ``data`` [n, dim] in place by denoising score matching.
 
-    Optimization: Adam with a cosine learning-rate schedule from ``learning_rate`` down to 0 over
-    ``steps`` steps, gradient norm clipped to ``MAX_GRAD_NORM``; minibatches drawn uniformly with
-    replacement. Reproducible on CPU for a given ``seed``: the global RNG is seeded, and the minibatch
-    indices and the diffusion noise (t, ε) come from their own seeded ``torch.Generator``s.
+    Optimization (``training.train``): Adam with a cosine learning-rate schedule from ``learning_rate``
+    down to 0 over ``steps`` steps, gradient norm clipped to ``MAX_GRAD_NORM``; minibatches drawn
+    uniformly with replacement. Reproducible on CPU for a given ``seed``: the global RNG is seeded, and
+    the minibatch indices (seed + 1) and the diffusion noise t, ε (seed + 2) come from their own seeded
+    ``torch.Generator``s.
 
     Every ``log_every`` steps and at the last step, a record is taken and a line logged with ``log``.
     Returns numpy arrays, one entry per record:
@@ -304,59 +307,42 @@ def train_score_model(
     - ``loss``: mean minibatch DSM loss (``denoising_score_matching_loss``) since the previous record;
     - ``learning_rate``: the learning rate used for the recorded step.
 
+    With ``checkpoint_path``, the whole training state (weights, optimizer, schedule, random streams,
+    records) is saved there at every record, and a call with the same arguments resumes from it and
+    ends bit for bit where an uninterrupted run ends (on the same device); the file is removed at the
+    end. A checkpoint written with other arguments is ignored. Without it, no files are touched.
+
     The model is left in eval mode.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
     if getattr(model, "schedule", schedule) != schedule:
         raise ValueError(f"the model was built for {model.schedule}, not {schedule}")
-    reference = next(model.buffers(), None)
-    if reference is None or not reference.is_floating_point():
-        reference = next(model.parameters())
-    device, dtype = reference.device, reference.dtype
-    data = torch.as_tensor(data).to(device=device, dtype=dtype)
-    if data.ndim != 2 or data.shape[0] < 1:
-        raise ValueError(f"data must have shape [n >= 1, dim], got {tuple(data.shape)}")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains non-finite values")
+    data = training.training_data(data, model, min_samples=1)
+    objective = _DenoisingObjective(model, data, schedule, batch_size, seed)
+    settings = [batch_size, schedule.config, *data.shape, float(data.sum())]
+    return training.train(model, objective, steps=steps, learning_rate=learning_rate, seed=seed, log=log,
+                          log_every=log_every, max_grad_norm=MAX_GRAD_NORM, checkpoint_path=checkpoint_path,
+                          checkpoint_settings=settings)
 
-    torch.manual_seed(seed)
-    # Separate streams, so that e.g. a change of batch size does not reuse the index stream as noise.
-    batch_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
 
-    records: dict[str, list] = {"step": [], "loss": [], "learning_rate": []}
-    loss_sum, loss_count = 0.0, 0
-    start = time.perf_counter()
-    model.train()
-    for step in range(1, steps + 1):
-        current_lr = optimizer.param_groups[0]["lr"]
-        idx = torch.randint(data.shape[0], (batch_size,), generator=batch_gen, device=device)
-        loss = denoising_score_matching_loss(model, data[idx], schedule, noise_gen)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item()
-        loss_count += 1
+class _DenoisingObjective:
+    """The DSM loss on a minibatch (``training.Objective``); records its mean since the previous record."""
 
-        if step % log_every == 0 or step == steps:
-            mean_loss = loss_sum / loss_count
-            records["step"].append(step)
-            records["loss"].append(mean_loss)
-            records["learning_rate"].append(current_lr)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / step * (steps - step)
-            log(f"  step {step}/{steps}  DSM loss {mean_loss:.4f}  lr {current_lr:.2e}  "
-                f"{elapsed:.1f} s elapsed, ETA {eta:.1f} s")
-            loss_sum, loss_count = 0.0, 0
+    def __init__(self, model: nn.Module, data: torch.Tensor, schedule: VPSchedule, batch_size: int, seed: int):
+        self.model, self.data, self.schedule, self.batch_size = model, data, schedule, batch_size
+        # Separate streams, so that e.g. a change of batch size does not reuse the index stream as noise.
+        self.generators = {"batch": torch.Generator(device=data.device).manual_seed(seed + 1),
+                           "noise": torch.Generator(device=data.device).manual_seed(seed + 2)}
+        self.loss_sum, self.loss_count = 0.0, 0
 
-    model.eval()
-    return {
-        key: np.asarray(values, dtype=np.int64 if key == "step" else np.float64) for key, values in records.items()
-    }
+    def loss(self) -> torch.Tensor:
+        idx = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generators["batch"],
+                            device=self.data.device)
+        loss = denoising_score_matching_loss(self.model, self.data[idx], self.schedule, self.generators["noise"])
+        self.loss_sum += loss.item()
+        self.loss_count += 1
+        return loss
+
+    def record(self) -> tuple[dict, str]:
+        mean_loss = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        return {"loss": mean_loss}, f"DSM loss {mean_loss:.4f}"

@@ -37,6 +37,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
+
+from boltzflow.estimators import ess_fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +63,6 @@ class SMCResult:
     acceptance: np.ndarray
     ess_before_resampling: np.ndarray
     resamplings: int
-
-
-def _ess(log_w: np.ndarray) -> float:
-    finite = np.isfinite(log_w)
-    if not finite.any():
-        return 0.0
-    w = np.exp(log_w[finite] - log_w[finite].max())
-    return float(w.sum() ** 2 / (w * w).sum())
 
 
 def _conditional_ess_fraction(log_w: np.ndarray, increment: np.ndarray) -> float:
@@ -137,7 +132,7 @@ def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, setting
     latent = torch.randn(n, latent_dim, generator=generator, dtype=torch.float64)
     x, log_w_model, u = evaluate(latent)
     log(f"SMC with {n} particles over a {latent_dim}-dimensional latent space: initial ESS/N "
-        f"{_ess(log_w_model) / n:.4f}")
+        f"{ess_fraction(log_w_model):.4f}")
     log_w = np.zeros(n)  # weights of the particles with respect to the current π_β
     log_z = 0.0
     beta, betas, acceptance, ess_record, resamplings = 0.0, [0.0], [], [], 0
@@ -152,10 +147,10 @@ def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, setting
         increment = np.where(np.isfinite(increment), increment, -np.inf)
         combined = log_w + increment
         # ln Z_β' - ln Z_β = ln Σ W_i exp(increment_i) with W the normalized current weights.
-        log_z += _logsumexp(combined) - _logsumexp(log_w)
+        log_z += float(logsumexp(combined) - logsumexp(log_w))
         log_w, beta = combined, next_beta
         betas.append(beta)
-        ess = _ess(log_w) / n
+        ess = ess_fraction(log_w)
         ess_record.append(ess)
         if ess < settings.resample_threshold and beta < 1.0:
             index = systematic_resample(log_w, rng)
@@ -184,17 +179,9 @@ def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, setting
         log(f"  level {len(betas) - 1}: β = {beta:.4f}  ESS/N {ess:.3f}  acceptance {rate:.3f}  "
             f"step {step:.3f}  {elapsed:.1f} s elapsed")
     log(f"SMC done: {len(betas) - 1} levels, {resamplings} resamplings, ln Z = {log_z:.4f}, "
-        f"final ESS/N {_ess(log_w) / n:.4f}")
+        f"final ESS/N {ess_fraction(log_w):.4f}")
     # Shift so that log-mean-exp of the stored weights is the SMC ln Z.
-    stored = log_w - _logsumexp(log_w) + math.log(n) + log_z
+    stored = log_w - logsumexp(log_w) + math.log(n) + log_z
     return SMCResult(positions=x.numpy(), log_w=stored, reduced_energy=u, log_z=log_z, betas=np.array(betas),
                      acceptance=np.array(acceptance), ess_before_resampling=np.array(ess_record),
                      resamplings=resamplings)
-
-
-def _logsumexp(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return -math.inf
-    top = finite.max()
-    return float(top + np.log(np.exp(finite - top).sum()))

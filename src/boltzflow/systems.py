@@ -1,5 +1,8 @@
 """Target systems: what p(x) ∝ exp(-u(x)) is sampled, and the OpenMM system that samples it.
 
+Every system kind implements the :class:`Target` protocol; stage code talks only to it. The one place
+that asks which kind a config block describes is :func:`system_from_config` (and the schema).
+
 A :class:`Toy2DSystem` is a potential energy E(x, y) in kJ/mol over positions in nm, given as an
 expression string. The same string drives both sides of every comparison: OpenMM integrates it as a
 ``CustomExternalForce`` and torch evaluates it (through the whitelist parser) for flows and reweighting.
@@ -9,14 +12,75 @@ Reduced energies are u = E / kT (dimensionless), with kT in kJ/mol at the temper
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from boltzflow.cvs import StateBox, dihedral_angles, state_box
 from boltzflow.expression import Expression, parse_expression
-from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K, kt_kj_mol  # noqa: F401 (re-exported)
+from boltzflow.units import kt_kj_mol
+
+
+@dataclass(frozen=True)
+class ModelCoordinates:
+    """MD positions in a model's coordinates: the map back to positions, y (float64 tensor [n, dim]),
+    which columns are angles on the circle, and their circular mean (0 elsewhere)."""
+
+    coordinate_map: Any
+    y: Any
+    circular: Any
+    circular_mean: Any
+
+
+class Target(Protocol):
+    """What every system kind provides to the stages (the idea of bgflow's ``Energy``).
+
+    Positions are in nm, in the shape ``position_dims`` names after the sample axis; reduced energies are
+    u = E / kT (dimensionless) at the target temperature, the first of ``temperatures_k``.
+    """
+
+    name: str
+    temperatures_k: tuple[float, ...]
+    states: tuple[StateBox, ...]
+
+    @property
+    def cvs(self) -> tuple[str, ...]: ...
+    @property
+    def cv_units(self) -> str: ...
+    @property
+    def bounds(self) -> dict[str, tuple[float, float]] | None: ...
+    @property
+    def target_temperature_k(self) -> float: ...
+    #: "langevin" (independent walkers at each temperature) or "replica_exchange" (over the whole ladder).
+    md_method: str
+    #: Dimensions and coordinates of one sample's positions; long names of positions, ln q and ln Z (what
+    #: the density and the partition function are over).
+    position_dims: tuple[str, ...]
+    position_coords: dict
+    positions_long_name: str
+    log_q_long_name: str
+    log_z_long_name: str
+
+    def cv_values(self, positions_nm: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def energy(self, workers: int = 1) -> contextlib.AbstractContextManager[Callable]:
+        """A context giving u(positions) at the target temperature: float64 tensor [b, ...] → [b],
+        differentiable (molecules: OpenMM forces, in ``workers`` processes)."""
+
+    def model_coordinates(self, positions_nm, wrap_all_torsions: bool) -> ModelCoordinates:
+        """The coordinates a model learns from MD positions: x-y for a toy; internal coordinates with narrow
+        torsions unwrapped (and, with ``wrap_all_torsions``, every torsion) for a molecule."""
+
+    def md_settings(self, block: dict) -> Any:
+        """The typed settings of this kind's ``md`` config block."""
+
+    def check_backend(self) -> None:
+        """Checks that need the simulation backend (a molecule's force field matches every residue), raising
+        a one-line error; run before any work starts."""
 
 
 
@@ -35,6 +99,17 @@ class Toy2DSystem:
     bounds: dict[str, tuple[float, float]] | None = None
     cvs: tuple[str, ...] = ("x", "y")
     expression: Expression = field(init=False, repr=False, compare=False)
+
+    md_method = "langevin"
+    cv_units = "nm"
+    position_dims = ("cv",)
+    positions_long_name = "model sample"
+    log_q_long_name = "model log-density ln q(x) (x in nm)"
+    log_z_long_name = "ln Z = ln ∫ exp(-u) dx dy, x and y in nm"
+
+    @property
+    def position_coords(self) -> dict:
+        return {"cv": list(self.cvs)}
 
     def __post_init__(self):
         object.__setattr__(self, "expression", parse_expression(self.energy_expression, self.cvs))
@@ -64,6 +139,28 @@ class Toy2DSystem:
 
     def cv_values(self, xy: np.ndarray) -> dict[str, np.ndarray]:
         return {cv: xy[:, i] for i, cv in enumerate(self.cvs)}
+
+    @contextlib.contextmanager
+    def energy(self, workers: int = 1) -> Iterator[Callable]:
+        """u(x, y) at the target temperature from the parsed expression (``workers`` is not needed)."""
+        yield lambda xy: self.reduced_energy(xy.double())
+
+    def model_coordinates(self, positions_nm, wrap_all_torsions: bool = False) -> ModelCoordinates:
+        import torch
+
+        from boltzflow.generators import CartesianMap
+
+        y = torch.as_tensor(np.asarray(positions_nm), dtype=torch.float64)
+        none = torch.zeros(self.dim, dtype=torch.bool)
+        return ModelCoordinates(CartesianMap(self.dim), y, none, torch.zeros(self.dim, dtype=torch.float64))
+
+    def md_settings(self, block: dict):
+        from boltzflow.md import LangevinSettings
+
+        return LangevinSettings.from_config(block)
+
+    def check_backend(self) -> None:
+        """Nothing to check: the expression was parsed when the config was validated."""
 
     def openmm_system(self, n_walkers: int, mass_amu: float, z_spring_kj_mol_nm2: float):
         """An OpenMM System of ``n_walkers`` non-interacting particles, each feeling E(x, y) + k z² / 2."""
@@ -118,6 +215,14 @@ class MoleculeSystem:
     cv_units: str
     states: tuple[StateBox, ...]
 
+    md_method = "replica_exchange"
+    position_dims = ("atom", "spatial")
+    position_coords = {"spatial": ["x", "y", "z"]}
+    positions_long_name = "model sample, Cartesian, canonical frame"
+    log_q_long_name = ("model log-density ln q over internal coordinates minus their log-Jacobian "
+                       "(NaN: outside the map)")
+    log_z_long_name = "ln Z over internal coordinates (bonds nm, angles rad), rigid-body motion excluded"
+
     @property
     def cvs(self) -> tuple[str, ...]:
         return tuple(self.cv_atoms)
@@ -142,6 +247,50 @@ class MoleculeSystem:
         angles = np.where(angles >= half_turn, angles - 2 * half_turn, angles)
         return {cv: angles[:, i] for i, cv in enumerate(self.cvs)}
 
+    def load_molecule(self):
+        """The OpenMM side of the system (topology, System, PDB positions)."""
+        from boltzflow.molecules import load_molecule
+
+        return load_molecule(self.pdb_path, self.forcefield, self.constraints)
+
+    @contextlib.contextmanager
+    def energy(self, workers: int = 1) -> Iterator[Callable]:
+        """u(x) at the target temperature from OpenMM (Reference platform), forces for the gradient."""
+        from boltzflow.molecules import EnergyEvaluator, reduced_energy_function
+
+        with EnergyEvaluator(self.load_molecule(), platform="Reference", n_workers=workers) as evaluator:
+            yield reduced_energy_function(evaluator, kt_kj_mol(self.target_temperature_k))
+
+    def model_coordinates(self, positions_nm, wrap_all_torsions: bool = False) -> ModelCoordinates:
+        import torch
+
+        from boltzflow.coordinates import InternalCoordinates, build_zmatrix
+        from boltzflow.generators import InternalCoordinateMap
+        from boltzflow.torsions import cut_window_centres, narrow_window_centres
+
+        molecule = self.load_molecule()
+        zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, heavy=molecule.heavy)
+        coordinates = InternalCoordinates(zmatrix)
+        ic, _, _ = coordinates.to_internal(torch.as_tensor(np.asarray(positions_nm), dtype=torch.float64))
+        if wrap_all_torsions:
+            centres = cut_window_centres(ic, coordinates.is_torsion)
+            circular = torch.zeros_like(coordinates.is_torsion)
+            circular_mean = torch.zeros(coordinates.dim, dtype=torch.float64)
+        else:
+            centres, circular, mean_angle = narrow_window_centres(ic, coordinates.is_torsion)
+            circular_mean = torch.where(circular, mean_angle, torch.zeros_like(mean_angle))
+        coordinate_map = InternalCoordinateMap(zmatrix, centres)
+        return ModelCoordinates(coordinate_map, coordinate_map.flow_coordinates(ic), circular, circular_mean)
+
+    def md_settings(self, block: dict):
+        from boltzflow.replica_exchange import ReplicaExchangeSettings
+
+        return ReplicaExchangeSettings(**block)
+
+    def check_backend(self) -> None:
+        """Parametrize the molecule once: a residue the force field cannot match raises MoleculeError."""
+        self.load_molecule()
+
 
 def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
     cvs = tuple(system_config.get("cvs", {}))
@@ -159,8 +308,35 @@ def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSyste
     )
 
 
-def system_from_config(name: str, system_config: dict):
-    """A :class:`Toy2DSystem` or :class:`MoleculeSystem`, by the config block's ``type``."""
-    if system_config["type"] == "molecule":
-        return molecule_system_from_config(name, system_config)
-    return toy_system_from_config(name, system_config)
+#: The system kind of each config ``type``: the one place that maps a config to a kind.
+SYSTEM_KINDS = {"toy2d": toy_system_from_config, "molecule": molecule_system_from_config}
+
+
+@dataclass(frozen=True)
+class ConfigKeys:
+    """Which keys of a system's config block each stage depends on, so that the workflow passes a stage
+    only those (through ``params:``) and a change reruns exactly the stages it affects.
+
+    ``target``: the target density (its energy); ``cvs``: the CVs and states; ``model``: what the model
+    stages see beyond the target (a molecule's CVs, for the state populations it reports).
+    """
+
+    target: tuple[str, ...]
+    cvs: tuple[str, ...]
+    model: tuple[str, ...]
+
+
+CONFIG_KEYS = {
+    "toy2d": ConfigKeys(target=("type", "energy"), cvs=("states", "bounds"), model=()),
+    "molecule": ConfigKeys(target=("type", "pdb", "forcefield", "constraints"), cvs=("cvs", "cv_units", "states"),
+                           model=("cvs", "cv_units", "states")),
+}
+
+
+def config_keys(system_config: dict) -> ConfigKeys:
+    return CONFIG_KEYS[system_config["type"]]
+
+
+def system_from_config(name: str, system_config: dict) -> Target:
+    """The :class:`Target` a system's config block describes, by its ``type``."""
+    return SYSTEM_KINDS[system_config["type"]](name, system_config)

@@ -1,4 +1,5 @@
-"""Training normalizing flows on samples (maximum likelihood), optionally with a reverse-KL energy term.
+"""Training loops: one generic optimizer loop, and maximum-likelihood training of normalizing flows on
+samples, optionally with a reverse-KL energy term (score models use the same loop, see ``scores``).
 
 Units: all losses are in nats per sample (dimensionless). The NLL is -log q(x) averaged over samples,
 a density in the units of x, so its absolute value depends on those units; differences and the
@@ -11,10 +12,13 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
+
+from boltzflow.checkpoints import Checkpoint
+from boltzflow.estimators import ess_fraction
 
 #: Gradients are clipped to this total norm: a single bad batch (a sample from the flow in a steep
 #: region of the energy) should not throw the flow far away.
@@ -22,6 +26,179 @@ MAX_GRAD_NORM = 10.0
 
 #: Validation NLL is evaluated in chunks of this many samples, to bound memory.
 _EVAL_CHUNK = 8192
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generic loop
+
+
+class Objective(Protocol):
+    """What :func:`train` minimizes.
+
+    ``loss()`` returns the loss of one fresh minibatch (a differentiable scalar tensor) and accumulates
+    whatever the records report; ``record()`` returns the values of one record (floats or ints, by
+    name) and a one-line summary for the log, and resets those accumulators. ``generators`` are the
+    random streams the objective draws from, by name; a checkpoint keeps their states.
+    """
+
+    generators: dict[str, torch.Generator]
+
+    def loss(self) -> torch.Tensor: ...
+
+    def record(self) -> tuple[dict[str, float | int], str]: ...
+
+
+def train(
+    model: torch.nn.Module,
+    objective: Objective,
+    *,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    log: Callable[[str], None],
+    log_every: int,
+    max_grad_norm: float,
+    skip_nonfinite_steps: bool = False,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_settings=None,
+) -> dict[str, np.ndarray]:
+    """Minimize ``objective`` over the parameters of ``model`` in place; the model is left in eval mode.
+
+    Each step: the learning rate is read, ``objective.loss()`` evaluated and back-propagated, the
+    gradient norm clipped to ``max_grad_norm`` and an Adam step taken, then the cosine schedule (from
+    ``learning_rate`` down to 0 over ``steps`` steps) advanced. With ``skip_nonfinite_steps``, a step
+    whose gradient norm is not finite is not applied (the schedule still advances) and is counted.
+    The global torch RNG is seeded with ``seed``; the model is in train mode except during records.
+
+    Every ``log_every`` steps and at the last step, a record is taken: ``step`` (optimizer steps done),
+    the values of ``objective.record()``, ``learning_rate`` (the one used for the recorded step) and,
+    with ``skip_nonfinite_steps``, ``skipped_steps`` (since the previous record); a line is logged with
+    ``log``. Returns numpy arrays, one entry per record, by name (int64 for int values, else float64).
+
+    With ``checkpoint_path``, the whole state (weights, optimizer, schedule, the objective's generators,
+    the torch RNG, the records) is saved there at every record but the last, and a call with the same
+    arguments resumes from it and ends bit for bit where an uninterrupted run ends (on the same device);
+    the file is removed at the end. ``checkpoint_settings`` (JSON-like) must describe everything else
+    the run depends on (data, batch sizes, ...): a checkpoint written with other settings is ignored.
+    """
+    _check_schedule(steps, log_every)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+    state = _TrainingState(model, optimizer, scheduler, objective.generators)
+
+    checkpoint = None
+    if checkpoint_path is not None:
+        settings = [steps, learning_rate, seed, log_every, max_grad_norm, skip_nonfinite_steps,
+                    getattr(model, "config", None), checkpoint_settings]
+        checkpoint = Checkpoint(checkpoint_path, settings, format="torch")
+        saved = checkpoint.load()
+        if saved is not None:
+            state.restore(saved)
+            log(f"  resuming from checkpoint at step {state.step}/{steps}")
+    first_step = state.step + 1
+
+    skipped = 0  # since the previous record
+    start = time.perf_counter()
+    model.train()
+    for step in range(first_step, steps + 1):
+        current_lr = optimizer.param_groups[0]["lr"]
+        loss = objective.loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if skip_nonfinite_steps and not torch.isfinite(grad_norm):
+            skipped += 1
+        else:
+            optimizer.step()
+        scheduler.step()
+        state.step = step
+        if step % log_every != 0 and step != steps:
+            continue
+
+        values, summary = objective.record()
+        model.train()
+        extra = {"skipped_steps": skipped} if skip_nonfinite_steps else {}
+        for name, value in {"step": step, **values, "learning_rate": float(current_lr), **extra}.items():
+            state.records.setdefault(name, []).append(value)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (step - first_step + 1) * (steps - step)
+        message = f"  step {step}/{steps}  {summary}"
+        if skipped:
+            message += f"  {skipped} steps skipped (non-finite gradient)"
+        log(message + f"  lr {current_lr:.2e}  {elapsed:.1f} s elapsed, ETA {eta:.1f} s")
+        skipped = 0
+        if checkpoint is not None and step < steps:
+            checkpoint.save(state.snapshot())
+
+    model.eval()
+    if checkpoint is not None:
+        checkpoint.remove()
+    return {name: _as_array(values) for name, values in state.records.items()}
+
+
+def _check_schedule(steps: int, log_every: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+
+
+def _as_array(values: list) -> np.ndarray:
+    integer = all(isinstance(value, int) for value in values)
+    return np.asarray(values, dtype=np.int64 if integer else np.float64)
+
+
+class _TrainingState:
+    """Everything a resumed run needs: steps done, weights, optimizer, schedule, random streams, records."""
+
+    def __init__(self, model, optimizer, scheduler, generators: dict[str, torch.Generator]):
+        self.model, self.optimizer, self.scheduler, self.generators = model, optimizer, scheduler, generators
+        self.step = 0
+        self.records: dict[str, list] = {}
+
+    def snapshot(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generators": {name: g.get_state() for name, g in self.generators.items()},
+                "torch_rng": torch.get_rng_state(), "records": self.records}
+
+    def restore(self, saved: dict) -> None:
+        self.step = saved["step"]
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        for name, generator in self.generators.items():
+            generator.set_state(saved["generators"][name])
+        torch.set_rng_state(saved["torch_rng"])
+        self.records = saved["records"]
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of ``model``: those of its first floating-point buffer, else its first parameter."""
+    reference = next(model.buffers(), None)
+    if reference is None or not reference.is_floating_point():
+        reference = next(model.parameters())
+    return reference.device, reference.dtype
+
+
+def training_data(data, model: torch.nn.Module, min_samples: int) -> torch.Tensor:
+    """``data`` as a finite [n >= min_samples, dim] tensor on the model's device, in its dtype."""
+    device, dtype = model_device_dtype(model)
+    data = torch.as_tensor(data).to(device=device, dtype=dtype)
+    if data.ndim != 2 or data.shape[0] < min_samples:
+        raise ValueError(f"data must have shape [n >= {min_samples}, dim], got {tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains non-finite values")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flows
+
+#: The curves ``train_flow`` returns, in this order.
+FLOW_CURVES = ("step", "train_nll", "validation_nll", "reverse_kl", "ess_fraction", "learning_rate",
+               "nonfinite_energy", "skipped_steps")
 
 
 def train_flow(
@@ -53,13 +230,14 @@ def train_flow(
     its backward pass (e.g. 0 * inf) cannot reach the gradient. A step whose gradient is still not
     finite is skipped (and counted) rather than applied.
 
-    Optimization: Adam with a cosine learning-rate schedule from ``learning_rate`` down to 0 over
-    ``steps`` steps, gradient norm clipped to ``MAX_GRAD_NORM``. Minibatches are drawn uniformly
-    with replacement from the training split. A random ``validation_fraction`` of ``data`` is held
-    out (0 disables validation; the validation NLL is then NaN).
+    Optimization (:func:`train`): Adam with a cosine learning-rate schedule from ``learning_rate`` down
+    to 0 over ``steps`` steps, gradient norm clipped to ``MAX_GRAD_NORM``. Minibatches are drawn
+    uniformly with replacement from the training split. A random ``validation_fraction`` of ``data``
+    is held out (0 disables validation; the validation NLL is then NaN).
 
-    Reproducible on CPU for a given ``seed``: the global RNG is seeded, and the validation split,
-    minibatch indices and flow samples each come from their own seeded ``torch.Generator``.
+    Reproducible on CPU for a given ``seed``: the global RNG is seeded, and the validation split
+    (seed), minibatch indices (seed + 1) and flow samples (seed + 2) each come from their own seeded
+    ``torch.Generator``.
 
     Every ``log_every`` steps and at the last step, a record is taken and a line logged with
     ``log``. Returns numpy arrays, one entry per record:
@@ -71,8 +249,8 @@ def train_flow(
       (nats/sample; NaN if not used);
     - ``ess_fraction``: Kish ESS/N of ``ess_samples`` fresh flow samples reweighted to
       exp(-reduced_energy), at that step (NaN if ``ess_samples`` is 0 or no ``reduced_energy`` is given;
-      the energy term need not be on). The samples come from a generator of their own, so monitoring
-      does not change the training;
+      the energy term need not be on). The samples come from a generator of their own (seed + 3), so
+      monitoring does not change the training;
     - ``learning_rate``: the learning rate used for the recorded step;
     - ``nonfinite_energy``: number of flow samples dropped for non-finite energy since the previous
       record (int; 0 if not used);
@@ -85,142 +263,95 @@ def train_flow(
 
     The model is left in eval mode.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    _check_schedule(steps, log_every)
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    use_energy = energy_weight > 0 and reduced_energy is not None
     if energy_weight > 0 and reduced_energy is None:
         raise ValueError("energy_weight > 0 needs a reduced_energy")
+    data = training_data(data, model, min_samples=2)
 
-    reference = next(model.buffers(), None)
-    if reference is None or not reference.is_floating_point():
-        reference = next(model.parameters())
-    device, dtype = reference.device, reference.dtype
-    data = torch.as_tensor(data).to(device=device, dtype=dtype)
-    if data.ndim != 2 or data.shape[0] < 2:
-        raise ValueError(f"data must have shape [n >= 2, dim], got {tuple(data.shape)}")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains non-finite values")
+    split_gen = torch.Generator(device=data.device).manual_seed(seed)
+    train_split, validation = _split(data, validation_fraction, split_gen)
+    objective = _FlowObjective(
+        model, train_split, validation, batch_size=batch_size,
+        reduced_energy=reduced_energy if energy_weight > 0 else None, energy_weight=energy_weight,
+        energy_batch_size=energy_batch_size, monitor_energy=reduced_energy, ess_samples=ess_samples, seed=seed)
+    settings = [batch_size, energy_weight, energy_batch_size, validation_fraction, *data.shape, float(data.sum())]
+    curves = train(model, objective, steps=steps, learning_rate=learning_rate, seed=seed, log=log,
+                   log_every=log_every, max_grad_norm=MAX_GRAD_NORM, skip_nonfinite_steps=True,
+                   checkpoint_path=checkpoint_path, checkpoint_settings=settings)
+    return {name: curves[name] for name in FLOW_CURVES}
 
-    torch.manual_seed(seed)
-    # Separate streams, so that e.g. switching the energy term on does not change the minibatches.
-    split_gen = torch.Generator(device=device).manual_seed(seed)
-    batch_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    sample_gen = torch.Generator(device=device).manual_seed(seed + 2)
 
+def _split(data: torch.Tensor, validation_fraction: float, generator: torch.Generator):
+    """(training, validation) rows of ``data``: a random ``validation_fraction`` held out, at least one
+    row when the fraction is positive, and at least one row always left for training."""
     n = data.shape[0]
     n_val = int(round(validation_fraction * n))
     n_val = min(max(n_val, 1 if validation_fraction > 0 else 0), n - 1)
-    permutation = torch.randperm(n, generator=split_gen, device=device)
-    validation, train = data[permutation[:n_val]], data[permutation[n_val:]]
-    n_train = train.shape[0]
-    dim = data.shape[1]
+    permutation = torch.randperm(n, generator=generator, device=data.device)
+    return data[permutation[n_val:]], data[permutation[:n_val]]
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
 
-    records: dict[str, list] = {
-        key: []
-        for key in ("step", "train_nll", "validation_nll", "reverse_kl", "ess_fraction", "learning_rate",
-                    "nonfinite_energy", "skipped_steps")
-    }
-    # Accumulators since the previous record.
-    nll_sum, nll_count = 0.0, 0
-    rkl_sum, rkl_count = 0.0, 0
-    nonfinite, skipped = 0, 0
+class _FlowObjective:
+    """Minibatch NLL plus ``energy_weight`` × reverse KL (see :func:`train_flow`), and its records.
 
-    checkpoint = None
-    first_step = 1
-    if checkpoint_path is not None:
-        key = repr((steps, batch_size, learning_rate, energy_weight, energy_batch_size, validation_fraction,
-                    seed, log_every, n, dim, float(data.sum())))
-        checkpoint = _TrainingCheckpoint(Path(checkpoint_path), key)
-        saved = checkpoint.load()
-        if saved is not None:
-            first_step = saved["step"] + 1
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            batch_gen.set_state(saved["batch_gen"])
-            sample_gen.set_state(saved["sample_gen"])
-            torch.set_rng_state(saved["torch_rng"])
-            records = saved["records"]
-            log(f"  resuming from checkpoint at step {saved['step']}/{steps}")
+    ``reduced_energy`` is the energy of the loss term (None: no term); ``monitor_energy`` the one the
+    ESS monitor reweights to (None: no monitor).
+    """
 
-    start = time.perf_counter()
-    model.train()
-    for step in range(first_step, steps + 1):
-        current_lr = optimizer.param_groups[0]["lr"]
-        idx = torch.randint(n_train, (batch_size,), generator=batch_gen, device=device)
-        nll = -model.log_prob(train[idx]).mean()
+    def __init__(self, model, train_split, validation, *, batch_size, reduced_energy, energy_weight,
+                 energy_batch_size, monitor_energy, ess_samples, seed):
+        self.model, self.train_split, self.validation = model, train_split, validation
+        self.batch_size, self.energy_batch_size = batch_size, energy_batch_size
+        self.reduced_energy, self.energy_weight = reduced_energy, energy_weight
+        self.monitor_energy, self.ess_samples, self.seed = monitor_energy, ess_samples, seed
+        self.dtype = train_split.dtype
+        device = train_split.device
+        # Separate streams, so that e.g. switching the energy term on does not change the minibatches.
+        self.generators = {"batch": torch.Generator(device=device).manual_seed(seed + 1),
+                           "sample": torch.Generator(device=device).manual_seed(seed + 2)}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.nll_sum, self.nll_count = 0.0, 0
+        self.rkl_sum, self.rkl_count = 0.0, 0
+        self.nonfinite = 0
+
+    def loss(self) -> torch.Tensor:
+        n_train = self.train_split.shape[0]
+        idx = torch.randint(n_train, (self.batch_size,), generator=self.generators["batch"],
+                            device=self.train_split.device)
+        nll = -self.model.log_prob(self.train_split[idx]).mean()
         loss = nll
-
-        if use_energy:
-            z = model.sample_base(energy_batch_size, generator=sample_gen)
-            rkl, dropped = _reverse_kl(model, z, reduced_energy)
-            nonfinite += dropped
+        if self.reduced_energy is not None:
+            z = self.model.sample_base(self.energy_batch_size, generator=self.generators["sample"])
+            rkl, dropped = _reverse_kl(self.model, z, self.reduced_energy)
+            self.nonfinite += dropped
             if rkl is not None:
-                loss = loss + energy_weight * rkl.to(dtype)
-                rkl_sum += rkl.item()
-                rkl_count += 1
+                loss = loss + self.energy_weight * rkl.to(self.dtype)
+                self.rkl_sum += rkl.item()
+                self.rkl_count += 1
+        self.nll_sum += nll.item()
+        self.nll_count += 1
+        return loss
 
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:
-            skipped += 1
-        scheduler.step()
-        nll_sum += nll.item()
-        nll_count += 1
-
-        if step % log_every == 0 or step == steps:
-            val_nll = _validation_nll(model, validation)
-            model.train()
-            train_nll = nll_sum / nll_count
-            rkl_mean = rkl_sum / rkl_count if rkl_count else math.nan
-            records["step"].append(step)
-            records["train_nll"].append(train_nll)
-            records["validation_nll"].append(val_nll)
-            records["reverse_kl"].append(rkl_mean)
-            ess = _ess_fraction(model, reduced_energy, ess_samples, seed) if ess_samples else math.nan
-            model.train()
-            records["ess_fraction"].append(ess)
-            records["learning_rate"].append(current_lr)
-            records["nonfinite_energy"].append(nonfinite)
-            records["skipped_steps"].append(skipped)
-
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (step - first_step + 1) * (steps - step)
-            message = f"  step {step}/{steps}  train NLL {train_nll:.4f}  val NLL {val_nll:.4f}"
-            if use_energy:
-                message += f"  reverse KL {rkl_mean:.4f}"
-                if nonfinite:
-                    message += f" ({nonfinite} non-finite energies dropped)"
-            if math.isfinite(ess):
-                message += f"  ESS/N {ess:.4f}"
-            if skipped:
-                message += f"  {skipped} steps skipped (non-finite gradient)"
-            message += f"  lr {current_lr:.2e}  {elapsed:.1f} s elapsed, ETA {eta:.1f} s"
-            log(message)
-            nll_sum, nll_count, rkl_sum, rkl_count, nonfinite, skipped = 0.0, 0, 0.0, 0, 0, 0
-            if checkpoint is not None and step < steps:
-                checkpoint.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "batch_gen": batch_gen.get_state(),
-                                 "sample_gen": sample_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                 "records": records})
-
-    model.eval()
-    if checkpoint is not None:
-        checkpoint.remove()
-    int_keys = {"step", "nonfinite_energy", "skipped_steps"}
-    return {
-        key: np.asarray(values, dtype=np.int64 if key in int_keys else np.float64) for key, values in records.items()
-    }
+    def record(self) -> tuple[dict, str]:
+        val_nll = _validation_nll(self.model, self.validation)
+        train_nll = self.nll_sum / self.nll_count
+        rkl_mean = self.rkl_sum / self.rkl_count if self.rkl_count else math.nan
+        ess = _flow_ess_fraction(self.model, self.monitor_energy, self.ess_samples, self.seed)
+        values = {"train_nll": train_nll, "validation_nll": val_nll, "reverse_kl": rkl_mean,
+                  "ess_fraction": ess, "nonfinite_energy": self.nonfinite}
+        summary = f"train NLL {train_nll:.4f}  val NLL {val_nll:.4f}"
+        if self.reduced_energy is not None:
+            summary += f"  reverse KL {rkl_mean:.4f}"
+            if self.nonfinite:
+                summary += f" ({self.nonfinite} non-finite energies dropped)"
+        if math.isfinite(ess):
+            summary += f"  ESS/N {ess:.4f}"
+        self._reset()
+        return values, summary
 
 
 def _reverse_kl(model, z, reduced_energy) -> tuple[torch.Tensor | None, int]:
@@ -249,9 +380,9 @@ def _reverse_kl(model, z, reduced_energy) -> tuple[torch.Tensor | None, int]:
 
 
 @torch.no_grad()
-def _ess_fraction(model, reduced_energy, n: int, seed: int) -> float:
-    """Kish ESS/N of n flow samples with weights exp(-u - log q); NaN without an energy."""
-    if reduced_energy is None:
+def _flow_ess_fraction(model, reduced_energy, n: int, seed: int) -> float:
+    """Kish ESS/N of n flow samples with weights exp(-u - log q); NaN without an energy or with n = 0."""
+    if reduced_energy is None or n == 0:
         return math.nan
     model.eval()
     # The same noise at every record (a generator of its own): the curve shows the model changing,
@@ -259,10 +390,7 @@ def _ess_fraction(model, reduced_energy, n: int, seed: int) -> float:
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 3)
     x, log_q = model.sample(n, generator=generator)
     log_w = -reduced_energy(x.to(torch.float64)).to(torch.float64) - log_q.to(torch.float64)
-    log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
-    if not torch.isfinite(log_w).any():
-        return 0.0
-    return float(torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0)) / n)
+    return ess_fraction(log_w.cpu().numpy())
 
 
 @torch.no_grad()
@@ -275,26 +403,3 @@ def _validation_nll(model, validation: torch.Tensor) -> float:
     for chunk in validation.split(_EVAL_CHUNK):
         total += -model.log_prob(chunk).sum().item()
     return total / validation.shape[0]
-
-
-class _TrainingCheckpoint:
-    """One file with the training state, written atomically, read with ``weights_only=True``."""
-
-    def __init__(self, path: Path, key: str):
-        self.path = path
-        self.key = key
-
-    def load(self) -> dict | None:
-        if not self.path.exists():
-            return None
-        saved = torch.load(self.path, weights_only=True, map_location="cpu")
-        return saved if saved.get("key") == self.key else None
-
-    def save(self, state: dict) -> None:
-        from boltzflow.io import atomic_path
-
-        with atomic_path(self.path) as temporary:
-            torch.save({**state, "key": self.key}, temporary)
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)

@@ -2,10 +2,10 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import read_netcdf  # noqa: E402
-from boltzflow.plots import cost_figure, save_figure  # noqa: E402
+from boltzflow.io import read_netcdf
+from boltzflow.plots import cost_figure, save_figure
 
-figure = cost_figure(read_netcdf(snakemake.input.summary), snakemake.params.figures["style"])  # noqa: F821
-save_figure(figure, snakemake.output[0])  # noqa: F821
+figure = cost_figure(read_netcdf(snakemake.input.summary), snakemake.params.figures["style"])
+save_figure(figure, snakemake.output[0])

@@ -2,12 +2,12 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import read_netcdf  # noqa: E402
-from boltzflow.plots import energy_distributions, save_figure  # noqa: E402
+from boltzflow.io import read_netcdf
+from boltzflow.plots import energy_distributions, save_figure
 
-inputs = snakemake.input  # noqa: F821
-figure = energy_distributions(read_netcdf(inputs.md), read_netcdf(inputs.samples),  # noqa: F821
-                              snakemake.params.figures["style"])  # noqa: F821
-save_figure(figure, snakemake.output[0])  # noqa: F821
+inputs = snakemake.input
+figure = energy_distributions(read_netcdf(inputs.md), read_netcdf(inputs.samples),
+                              snakemake.params.figures["style"])
+save_figure(figure, snakemake.output[0])

@@ -2,17 +2,17 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import read_netcdf  # noqa: E402
-from boltzflow.plots import log_weight_histogram, save_figure  # noqa: E402
+from boltzflow.io import read_netcdf
+from boltzflow.plots import log_weight_histogram, save_figure
 
-inputs = snakemake.input  # noqa: F821
+inputs = snakemake.input
 log_ws, ess = {}, {}
 for samples_path, estimates_path in zip(inputs.samples, inputs.estimates):
     estimates = read_netcdf(estimates_path)
     name = str(estimates["estimator"].values[0])
     log_ws[name] = read_netcdf(samples_path)["log_w"].values
     ess[name] = float(estimates["ess_fraction"].sel(estimator=name))
-figure = log_weight_histogram(log_ws, ess, snakemake.params.figures["style"])  # noqa: F821
-save_figure(figure, snakemake.output[0])  # noqa: F821
+figure = log_weight_histogram(log_ws, ess, snakemake.params.figures["style"])
+save_figure(figure, snakemake.output[0])

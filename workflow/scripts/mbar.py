@@ -2,15 +2,15 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.stages import mbar_stage  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import read_netcdf, write_netcdf
+from boltzflow.stages.mbar import mbar_stage
+from boltzflow.systems import system_from_config
 
-params = snakemake.params.system  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params)  # noqa: F821
-md = [read_netcdf(path) for path in snakemake.input.md]  # noqa: F821
+params = snakemake.params.system
+system = system_from_config(snakemake.wildcards.system, params)
+md = [read_netcdf(path) for path in snakemake.input.md]
 ladder, observables = mbar_stage(system, md, params["bins"], log=log)
-write_netcdf(ladder, snakemake.output.ladder, config=params)  # noqa: F821
-write_netcdf(observables, snakemake.output.observables, config=params)  # noqa: F821
+write_netcdf(ladder, snakemake.output.ladder, config=params)
+write_netcdf(observables, snakemake.output.observables, config=params)

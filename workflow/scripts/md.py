@@ -2,17 +2,16 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import write_netcdf  # noqa: E402
-from boltzflow.md import LangevinSettings  # noqa: E402
-from boltzflow.stages import md_stage  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import write_netcdf
+from boltzflow.stages.md import md_stage
+from boltzflow.systems import system_from_config
 
-params = snakemake.params.system  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params)  # noqa: F821
+params = snakemake.params.system
+system = system_from_config(snakemake.wildcards.system, params)
 # A killed job leaves its checkpoint beside the output; the rerun resumes from it.
-checkpoint = f"{snakemake.output.samples}.checkpoint"  # noqa: F821
-dataset = md_stage(system, params["temperatures"][0], LangevinSettings.from_config(params["md"]), log=log,
+checkpoint = f"{snakemake.output.samples}.checkpoint"
+dataset = md_stage(system, params["temperatures"][0], system.md_settings(params["md"]), log=log,
                    checkpoint_path=checkpoint)
-write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821
+write_netcdf(dataset, snakemake.output.samples, config=params)

@@ -2,16 +2,16 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.stages import reweight_stage  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import read_netcdf, write_netcdf
+from boltzflow.settings import AnalysisSettings, from_block
+from boltzflow.stages.reweight import reweight_stage
+from boltzflow.systems import system_from_config
 
-params = snakemake.params.settings  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-estimates = reweight_stage(
-    system, read_netcdf(snakemake.input.samples), read_netcdf(snakemake.input.observables),  # noqa: F821
-    estimator=snakemake.wildcards.estimator, replicates=params["bootstrap"], seed=params["seed"],  # noqa: F821
-    trim_fraction=params["trim_fraction"], log=log, include_raw=params["include_raw"])
-write_netcdf(estimates, snakemake.output.estimates, config=params)  # noqa: F821
+params = snakemake.params.settings
+system = system_from_config(snakemake.wildcards.system, params["system"])
+estimates = reweight_stage(system, read_netcdf(snakemake.input.samples), read_netcdf(snakemake.input.observables),
+                           snakemake.wildcards.estimator, from_block(AnalysisSettings, params["analysis"]), log=log,
+                           include_raw=params["include_raw"])
+write_netcdf(estimates, snakemake.output.estimates, config=params)

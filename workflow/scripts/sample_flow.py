@@ -2,22 +2,18 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-import torch  # noqa: E402
+import torch
 
-from boltzflow.io import write_netcdf  # noqa: E402
-from boltzflow.molecule_stages import molecule_sample_stage  # noqa: E402
-from boltzflow.stages import load_flow, sample_stage  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import write_netcdf
+from boltzflow.settings import SamplingSettings, from_block
+from boltzflow.stages.flow import load_flow, sample_flow_stage
+from boltzflow.systems import system_from_config
 
-torch.set_num_threads(snakemake.threads)  # noqa: F821
-params = {"system": snakemake.params.system, "sampling": snakemake.params.sampling}  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-model = load_flow(snakemake.input.model)  # noqa: F821
-if params["system"]["type"] == "molecule":
-    dataset = molecule_sample_stage(system, model, params["sampling"], log=log,
-                                    energy_workers=snakemake.threads)  # noqa: F821
-else:
-    dataset = sample_stage(system, model, params["sampling"], log=log)
-write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821
+torch.set_num_threads(snakemake.threads)
+params = {"system": snakemake.params.system, "sampling": snakemake.params.sampling}
+system = system_from_config(snakemake.wildcards.system, params["system"])
+dataset = sample_flow_stage(system, load_flow(snakemake.input.model), from_block(SamplingSettings, params["sampling"]),
+                            log=log, energy_workers=snakemake.threads)
+write_netcdf(dataset, snakemake.output.samples, config=params)

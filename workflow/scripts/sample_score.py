@@ -2,17 +2,19 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-import torch  # noqa: E402
+import torch
 
-from boltzflow.io import write_netcdf  # noqa: E402
-from boltzflow.score_stages import load_score, sample_score_stage  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import write_netcdf
+from boltzflow.settings import ScoreSamplingSettings, from_block
+from boltzflow.stages.score import load_score, sample_score_stage
+from boltzflow.systems import system_from_config
 
-torch.set_num_threads(snakemake.threads)  # noqa: F821
-params = {"system": snakemake.params.system, "sampling": snakemake.params.sampling}  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-dataset = sample_score_stage(system, load_score(snakemake.input.model), params["sampling"],  # noqa: F821
-                             snakemake.wildcards.likelihood, log=log, energy_workers=snakemake.threads)  # noqa: F821
-write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821
+torch.set_num_threads(snakemake.threads)
+params = {"system": snakemake.params.system, "sampling": snakemake.params.sampling}
+system = system_from_config(snakemake.wildcards.system, params["system"])
+dataset = sample_score_stage(system, load_score(snakemake.input.model),
+                             from_block(ScoreSamplingSettings, params["sampling"]), snakemake.wildcards.likelihood,
+                             log=log, energy_workers=snakemake.threads)
+write_netcdf(dataset, snakemake.output.samples, config=params)

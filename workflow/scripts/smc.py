@@ -2,25 +2,23 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-import torch  # noqa: E402
+import torch
 
-from boltzflow.devices import select_device  # noqa: E402
-from boltzflow.generators import FlowLatent  # noqa: E402
-from boltzflow.io import write_netcdf  # noqa: E402
-from boltzflow.score_stages import ScoreLatent, load_score, smc_stage  # noqa: E402
-from boltzflow.stages import load_flow  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import write_netcdf
+from boltzflow.settings import ScoreSamplingSettings, SMCSettings, from_block
+from boltzflow.stages.samplers import latent_model, smc_stage
+from boltzflow.systems import system_from_config
 
-torch.set_num_threads(snakemake.threads)  # noqa: F821
-params = {"system": snakemake.params.system, "smc": snakemake.params.smc}  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-device = select_device(params["smc"]["device"], log=log)
-if snakemake.wildcards.generative == "score":  # noqa: F821
-    model = load_score(snakemake.input.model).double().to(device)  # noqa: F821
-    latent_model = ScoreLatent(model, params["smc"]["likelihood"], params["smc"]["ode_steps"], params["smc"]["probes"])
-else:
-    latent_model = FlowLatent(load_flow(snakemake.input.model).to(device))  # noqa: F821
-dataset = smc_stage(system, latent_model, params["smc"], log=log, energy_workers=snakemake.threads)  # noqa: F821
-write_netcdf(dataset, snakemake.output.samples, config=params)  # noqa: F821
+torch.set_num_threads(snakemake.threads)
+params = {"system": snakemake.params.system, "smc": snakemake.params.smc}
+system = system_from_config(snakemake.wildcards.system, params["system"])
+smc = from_block(SMCSettings, params["smc"]["smc"])
+model_block = dict(params["smc"]["model"])
+device = model_block.pop("device")
+model = latent_model(snakemake.wildcards.generative, snakemake.input.model, device,
+                     score_sampling=from_block(ScoreSamplingSettings, model_block),
+                     likelihood=smc.score_likelihood, log=log)
+dataset = smc_stage(system, model, smc, log=log, energy_workers=snakemake.threads)
+write_netcdf(dataset, snakemake.output.samples, config=params)

@@ -2,23 +2,23 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-from boltzflow.io import atomic_path, read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.stages import benchmark_cpu_seconds, summary_stage, summary_table  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import atomic_path, read_netcdf, write_netcdf
+from boltzflow.stages.summary import benchmark_cpu_seconds, summary_stage, summary_table
+from boltzflow.systems import system_from_config
 
-inputs = snakemake.input  # noqa: F821
-params = snakemake.params.settings  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
+inputs = snakemake.input
+params = snakemake.params.settings
+system = system_from_config(snakemake.wildcards.system, params["system"])
 # Each estimator costs the CPU time of the rules that produce it: MBAR all the MD and MBAR; a model estimator
 # its training, sampling (or SMC, MCMC) and reweighting (not the target-temperature MD it trains on, which
 # MBAR also uses); the raw model the same without reweighting.
 cpu_seconds = {"mbar": benchmark_cpu_seconds([*inputs.md_benchmarks, inputs.mbar_benchmark])}
-cpu_seconds.update({name: benchmark_cpu_seconds(files) for name, files in snakemake.params.costs.items()})  # noqa: F821
+cpu_seconds.update({name: benchmark_cpu_seconds(files) for name, files in snakemake.params.costs.items()})
 summary, profiles, surface = summary_stage(
     system, read_netcdf(inputs.observables), [read_netcdf(path) for path in inputs.estimates], cpu_seconds)
-outputs = snakemake.output  # noqa: F821
+outputs = snakemake.output
 write_netcdf(profiles, outputs.profiles, config=params)
 write_netcdf(surface, outputs.surface, config=params)
 with atomic_path(outputs.table) as path:

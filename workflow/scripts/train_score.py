@@ -2,17 +2,21 @@
 
 from _bootstrap import start
 
-log = start(snakemake)  # noqa: F821
+log = start(snakemake)
 
-import torch  # noqa: E402
+import torch
 
-from boltzflow.io import read_netcdf, write_netcdf  # noqa: E402
-from boltzflow.score_stages import fit_score, save_score, score_curves_dataset  # noqa: E402
-from boltzflow.systems import system_from_config  # noqa: E402
+from boltzflow.io import read_netcdf, write_netcdf
+from boltzflow.settings import ScoreSettings, from_block
+from boltzflow.stages.score import fit_score, save_score, score_curves_dataset
+from boltzflow.systems import system_from_config
 
-torch.set_num_threads(snakemake.threads)  # noqa: F821
-params = {"system": snakemake.params.system, "score": snakemake.params.score}  # noqa: F821
-system = system_from_config(snakemake.wildcards.system, params["system"])  # noqa: F821
-model, curves = fit_score(system, read_netcdf(snakemake.input.md), params["score"], log=log)  # noqa: F821
-save_score(model, snakemake.output.model)  # noqa: F821
-write_netcdf(score_curves_dataset(curves), snakemake.output.curves, config=params)  # noqa: F821
+torch.set_num_threads(snakemake.threads)
+params = {"system": snakemake.params.system, "score": snakemake.params.score}
+system = system_from_config(snakemake.wildcards.system, params["system"])
+# A killed job leaves its checkpoint beside the output; the rerun resumes from it.
+checkpoint = f"{snakemake.output.model}.checkpoint"
+model, curves = fit_score(system, read_netcdf(snakemake.input.md), from_block(ScoreSettings, params["score"]),
+                          log=log, checkpoint_path=checkpoint)
+save_score(model, snakemake.output.model)
+write_netcdf(score_curves_dataset(curves), snakemake.output.curves, config=params)

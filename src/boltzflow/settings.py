@@ -1,0 +1,172 @@
+"""Typed settings: every block of a system's config as a frozen dataclass.
+
+Science code receives these objects, never string-keyed dicts. They are built from the schema-validated
+config (``boltzflow.config.validate_config`` fills every default first), so a field without a default
+here is one the schema always supplies. Each class states the constraints its consumer enforces; the
+schema states the same ones (``tests/test_config.py`` builds every class and its consumer from the
+schema's minimum and maximum values), so a config the dry run accepts never fails later for a reason
+the config could have shown.
+
+This module imports no torch and no OpenMM: the analysis stages and the Snakefile use it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+#: The flow settings that define its architecture (saved with the model); the rest define its training.
+FLOW_ARCHITECTURE = ("n_layers", "hidden", "n_hidden_layers", "n_bins", "tail_bound")
+#: The score settings that define the network and its diffusion.
+SCORE_ARCHITECTURE = ("hidden", "n_hidden_layers", "time_frequencies", "beta_min", "beta_max", "t_min")
+
+
+def from_block(cls: type[T], block: Mapping[str, Any]) -> T:
+    """A settings object from its config block; keys the class does not have are an error (a typo)."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(block) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+    return cls(**block)
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """The ``flow`` block: a spline coupling flow and its training (maximum likelihood, optional reverse KL)."""
+
+    n_layers: int = 8
+    hidden: int = 64
+    n_hidden_layers: int = 2
+    n_bins: int = 8
+    tail_bound: float = 5.0
+    steps: int = 3000
+    batch_size: int = 512
+    learning_rate: float = 0.003
+    energy_weight: float = 0.0
+    validation_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FLOW_ARCHITECTURE}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The ``sampling`` block: how many flow samples to draw, in batches of what size, on which device."""
+
+    n_samples: int = 50000
+    batch_size: int = 8192
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """The ``score`` block: the score network, its VP diffusion and its denoising score-matching training."""
+
+    parameterization: str = "unconstrained"
+    hidden: int = 128
+    n_hidden_layers: int = 3
+    time_frequencies: int = 8
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    steps: int = 3000
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in SCORE_ARCHITECTURE}
+
+
+#: How a score model's sample gets its log-density, and the ``score_sampling`` key of its probe count.
+LIKELIHOOD_PROBES = {"exact": None, "hutchinson": "hutchinson_probes", "perturbation": "perturbation_probes",
+                     "perturbation_multistep": "perturbation_probes"}
+
+
+@dataclass(frozen=True)
+class ScoreSamplingSettings:
+    """The ``score_sampling`` block: probability-flow ODE samples with log q by one likelihood estimator.
+
+    A stage gets only its own estimator's probe count (so that changing the other's does not rerun it):
+    the other is None.
+    """
+
+    n_samples: int = 20000
+    ode_steps: int = 20
+    batch_size: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    hutchinson_probes: int | None = None
+    perturbation_probes: int | None = None
+
+    def probes(self, likelihood: str) -> int:
+        """Probes per sample of ``likelihood`` (1 for the exact divergence, which has none)."""
+        key = LIKELIHOOD_PROBES[likelihood]
+        return 1 if key is None else getattr(self, key)
+
+
+@dataclass(frozen=True)
+class SMCSettings:
+    """The ``smc`` block: latent-space sequential Monte Carlo from a model to the target (``boltzflow.smc``).
+
+    ``score_likelihood`` is the log q estimator a score model uses inside SMC; ``initial_step`` is the
+    first pCN step size (adapted from there), not a config key.
+    """
+
+    n_particles: int = 2000
+    ess_target: float = 0.8
+    resample_threshold: float = 0.5
+    moves_per_level: int = 5
+    max_levels: int = 100
+    score_likelihood: str = "perturbation_multistep"
+    seed: int = 0
+    initial_step: float = 0.3
+
+
+@dataclass(frozen=True)
+class MCMCSettings:
+    """The ``mcmc`` block: independence Metropolis-Hastings over the flow's weighted draws."""
+
+    chains: int = 100
+    burn_in: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The ``analysis`` block: histogram bins, bootstrap replicates and seed, trimmed-ESS fraction."""
+
+    bins: int = 50
+    bootstrap: int = 200
+    seed: int = 0
+    trim_fraction: float = 0.002
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """The top-level ``figures`` block."""
+
+    style: str = "ticks"
+    max_kt: float = 10.0
+
+
+#: The settings class of every model and analysis block of a system's config, by block name. The ``md``
+#: block's class depends on the system kind: ``Target.md_settings`` builds it.
+SYSTEM_BLOCKS: dict[str, type] = {
+    "flow": FlowSettings,
+    "sampling": SamplingSettings,
+    "score": ScoreSettings,
+    "score_sampling": ScoreSamplingSettings,
+    "smc": SMCSettings,
+    "mcmc": MCMCSettings,
+    "analysis": AnalysisSettings,
+}

@@ -1,0 +1,84 @@
+"""The MBAR reference: reduced free energies over the temperature ladder, and state free energies,
+profiles and the 2D surface at the target temperature."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from boltzflow import estimators
+from boltzflow.stages.datasets import grid_coords, independent_samples, surface_name, variable
+from boltzflow.units import kt_kj_mol
+
+
+def grid_edges(system, positions: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """Histogram edges per CV: the configured bounds, else the sampled range of the target-temperature MD."""
+    edges = {}
+    values = system.cv_values(positions)
+    for cv in system.cvs:
+        if system.bounds and cv in system.bounds:
+            lo, hi = system.bounds[cv]
+        else:
+            lo, hi = np.quantile(values[cv], [0.0005, 0.9995])
+            margin = 0.05 * (hi - lo)
+            lo, hi = lo - margin, hi + margin
+        edges[cv] = np.linspace(lo, hi, bins + 1)
+    return edges
+
+
+def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
+    """MBAR over the ladder → (ladder free energies, reference observables at the target temperature).
+
+    ``md`` holds one dataset per temperature of the ladder (first = target); only their independent
+    samples enter MBAR, and so state ΔF and every standard error. Where the files hold more frames than
+    that (replica exchange keeps every frame), the surface and the profile values are histograms of all
+    frames with MBAR weights from the same free energies: the same estimate, far less bin noise.
+    """
+    all_frames = md
+    md = [independent_samples(ds) for ds in md]
+    energies = [ds["energy"].values for ds in md]
+    positions = np.concatenate([ds["positions"].values for ds in md])
+    pooled = np.concatenate(energies)
+    temperatures = np.array(system.temperatures_k)
+    u_kn = pooled[None, :] / kt_kj_mol(temperatures)[:, None]
+    n_k = np.array([len(e) for e in energies])
+    log(f"MBAR on {n_k.sum()} samples over {len(n_k)} temperatures: N_k = {n_k.tolist()}")
+    mbar = estimators.build_mbar(u_kn, n_k)
+    f, df = estimators.mbar_ladder_free_energies(mbar)
+    ladder = xr.Dataset(
+        {"f": variable("temperature", f, "1", "reduced free energy -ln Z relative to the first temperature"),
+         "df": variable("temperature", df, "1", "standard error of f")},
+        coords={"temperature": ("temperature", temperatures, {"units": "K", "long_name": "temperature"})},
+    )
+
+    u_target = u_kn[0]
+    cvs = subsample_cvs = system.cv_values(positions)
+    delta_f, delta_f_err = estimators.mbar_state_delta_f(mbar, u_target, cvs, system.states)
+    log("MBAR ΔF at target: " + ", ".join(
+        f"{s.name} {v:.3f} ± {e:.3f} kT" for s, v, e in zip(system.states, delta_f, delta_f_err)))
+    edges = grid_edges(system, md[0]["positions"].values, bins)
+    observables = xr.Dataset(
+        {"delta_f": variable("state", delta_f, "kT", "state free energy relative to the first state"),
+         "delta_f_err": variable("state", delta_f_err, "kT", "standard error of delta_f")},
+        coords=grid_coords(system, edges),
+    )
+    log_w_target = np.log(mbar.weights()[:, 0])
+    if sum(ds.sizes["sample"] for ds in all_frames) > n_k.sum():
+        energies_all = np.concatenate([ds["energy"].values for ds in all_frames])
+        u_all = energies_all[None, :] / kt_kj_mol(temperatures)[:, None]
+        counts = np.array([ds.sizes["sample"] for ds in all_frames])
+        log_w_target = estimators.mbar_log_weights(mbar, u_all, counts, u_all[0])
+        cvs = system.cv_values(np.concatenate([ds["positions"].values for ds in all_frames]))
+        log(f"surfaces and profile values from all {counts.sum()} frames with the MBAR free energies")
+    for cv in system.cvs:
+        profile, error = estimators.mbar_profile(mbar, u_target, subsample_cvs[cv], edges[cv])
+        if len(log_w_target) > len(u_target):
+            profile = estimators.weighted_profile(cvs[cv], log_w_target, edges[cv])
+        observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile along {cv}")
+        observables[f"dF_{cv}"] = variable(cv, error, "kT", f"standard error of F_{cv} (MBAR, decorrelated samples)")
+    first, second = system.cvs[:2]
+    surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
+    observables[surface_name(system)] = variable(system.cvs[:2], surface, "kT",
+                                             f"free-energy surface -ln p({first}, {second})")
+    observables.attrs["n_samples"] = int(n_k.sum())
+    return ladder, observables

@@ -1,0 +1,128 @@
+"""MD stages: Langevin walkers of a toy at one temperature; replica exchange of a molecule over the ladder.
+
+Both end in the same per-temperature MD contract (``positions``, ``energy`` in kJ/mol, optionally
+``independent``), so MBAR, training and the figures never ask which route made the samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import xarray as xr
+
+from boltzflow.md import LangevinSettings, decorrelate, run_langevin
+from boltzflow.stages.datasets import variable
+
+
+def md_stage(system, temperature_k: float, settings: LangevinSettings, log=print, checkpoint_path=None):
+    """Langevin MD at one temperature of the ladder → decorrelated samples with their energies."""
+    trajectory = run_langevin(system, temperature_k, settings, log=log, checkpoint_path=checkpoint_path)
+    samples = decorrelate(system, trajectory)
+    log(f"kept {len(samples.energy_kj_mol)} samples: discarded {samples.equilibration_frames} "
+        f"transient frames, statistical inefficiency {samples.statistical_inefficiency:.1f} frames")
+    # Only the steps this call integrated: after a resume, the wall time covers the rest of the run only.
+    total_steps = settings.walkers * trajectory.steps_run
+    ns_per_day = total_steps * settings.timestep_fs * 1e-6 / trajectory.wall_seconds * 86400
+    return xr.Dataset(
+        {
+            "positions": variable(("sample", "cv"), samples.positions_nm, "nm", "walker position"),
+            "energy": variable("sample", samples.energy_kj_mol, "kJ/mol", "potential energy E(x, y)"),
+            "walker": variable("sample", samples.walker, "1", "walker index"),
+            "time": variable("sample", samples.time_ps, "ps", "simulation time of the sample"),
+        },
+        coords={"cv": list(system.cvs)},
+        attrs={
+            "temperature_k": trajectory.temperature_k,
+            "equilibration_frames": samples.equilibration_frames,
+            "statistical_inefficiency_frames": samples.statistical_inefficiency,
+            "md_wall_seconds": trajectory.wall_seconds,
+            "md_ns_per_day_all_walkers": ns_per_day,
+        },
+    )
+
+
+def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, threads: int = 1) -> xr.Dataset:
+    """Temperature replica exchange over the ladder → every recorded frame of every state.
+
+    ``settings`` is the ``md`` block's ``ReplicaExchangeSettings``; its platform may be ``auto``, resolved
+    here by timing the available ones.
+    """
+    from boltzflow.molecules import platform_properties, select_platform
+    from boltzflow.replica_exchange import run_replica_exchange
+
+    molecule = system.load_molecule()
+    platform = select_platform(settings.platform, molecule, log=log, cpu_threads=threads)
+    settings = dataclasses.replace(settings, platform=platform,
+                                   platform_properties=platform_properties(platform, threads))
+    log(f"replica exchange of {system.name} ({molecule.n_atoms} atoms) over "
+        f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}")
+    result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
+                                  settings, log=log, checkpoint_path=checkpoint_path)
+    ns = result.steps_integrated * settings.timestep_fs * 1e-6
+    ns_per_day = ns / result.wall_seconds * 86400 if result.wall_seconds > 0 else np.nan
+    log("exchange acceptance per neighbour pair: " + ", ".join(f"{a:.3f}" for a in result.acceptance))
+    n_states = len(system.temperatures_k)
+    return xr.Dataset(
+        {
+            "positions": variable(("temperature", "frame", "atom", "spatial"), result.positions_nm, "nm",
+                                  "Cartesian positions of the replica in each state"),
+            "energy": variable(("temperature", "frame"), result.energy_kj_mol, "kJ/mol", "potential energy"),
+            "replica": variable(("temperature", "frame"), result.replica, "1", "replica in the state at the frame"),
+            "time": variable("frame", result.time_ps, "ps", "MD time per replica since the start of production"),
+            "acceptance": variable("pair", result.acceptance, "1",
+                                   "fraction of accepted swaps between neighbouring temperatures (pair, pair + 1)"),
+            "attempts": variable("pair", result.attempts, "1", "swap attempts per neighbouring pair"),
+        },
+        coords={"temperature": ("temperature", np.asarray(system.temperatures_k),
+                                {"units": "K", "long_name": "temperature of the state"}),
+                "pair": ("pair", np.arange(n_states - 1), {"units": "1", "long_name": "neighbour pair index"}),
+                "spatial": ["x", "y", "z"]},
+        attrs={"platform": platform, "md_wall_seconds": result.wall_seconds,
+               "md_ns_per_day_all_replicas": ns_per_day, "timestep_fs": settings.timestep_fs},
+    )
+
+
+def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=print) -> xr.Dataset:
+    """One temperature of a replica exchange run, in the per-temperature MD contract.
+
+    Every recorded frame is kept (the models train on all of them); ``independent`` marks the subsample
+    that MBAR uses, one frame per statistical inefficiency of the slowest of the energy and the
+    cosine and sine of each CV along the state's time series.
+    """
+    from pymbar import timeseries
+
+    k = int(np.argmin(np.abs(replicas["temperature"].values - temperature_k)))
+    if not np.isclose(replicas["temperature"].values[k], temperature_k):
+        raise ValueError(f"temperature {temperature_k:g} K is not a state of the replica exchange run")
+    positions = replicas["positions"].values[k]
+    energy = replicas["energy"].values[k]
+    cvs = system.cv_values(positions)
+    scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
+    series = [energy] + [f(cvs[cv] * scale) for cv in system.cvs for f in (np.cos, np.sin)]
+    inefficiency = max(_statistical_inefficiency(timeseries, s) for s in series)
+    kept = timeseries.subsample_correlated_data(np.arange(len(energy)), g=inefficiency)
+    independent = np.zeros(len(energy), dtype=np.int8)
+    independent[kept] = 1
+    log(f"{temperature_k:g} K: {len(energy)} frames, statistical inefficiency {inefficiency:.1f} frames, "
+        f"{len(kept)} independent samples for MBAR")
+    return xr.Dataset(
+        {
+            "positions": variable(("sample", "atom", "spatial"), positions, "nm", "Cartesian positions"),
+            "energy": variable("sample", energy, "kJ/mol", "potential energy"),
+            "cv_values": variable(("sample", "cv"), np.stack([cvs[cv] for cv in system.cvs], axis=1),
+                                  system.cv_units, "dihedral CVs"),
+            "independent": variable("sample", independent, "1", "1 for the decorrelated subsample used by MBAR"),
+            "replica": variable("sample", replicas["replica"].values[k], "1", "replica in this state at the frame"),
+            "time": variable("sample", replicas["time"].values, "ps", "MD time per replica"),
+        },
+        coords={"cv": list(system.cvs), "spatial": ["x", "y", "z"]},
+        attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency},
+    )
+
+
+def _statistical_inefficiency(timeseries, values: np.ndarray) -> float:
+    # A constant series (e.g. a CV that never moves) has no defined inefficiency; it constrains nothing.
+    if np.ptp(values) == 0:
+        return 1.0
+    return float(timeseries.statistical_inefficiency(values, fast=False, mintime=3))
