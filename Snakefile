@@ -26,6 +26,7 @@ include: "rules/figures.smk"
 
 
 rule all:
+    """Every output of the systems in config["run"] (default: all systems)."""
     input:
         all_outputs(),
     default_target: True

@@ -2,6 +2,7 @@
 
 
 rule mbar:
+    """MBAR over the temperature ladder: the reference free energies, profiles and surface."""
     input:
         md=md_files,
     output:
@@ -27,6 +28,7 @@ rule mbar:
 
 
 rule reweight:
+    """Importance-reweighted estimates of one estimator, with bootstrap errors."""
     input:
         samples="results/{system}/samples/{estimator}.nc",
         observables="results/{system}/analysis/mbar_observables.nc",
@@ -52,6 +54,7 @@ rule reweight:
 
 
 rule summary:
+    """Every estimator against the MBAR reference: summary.nc/.csv, profiles and surfaces."""
     input:
         observables="results/{system}/analysis/mbar_observables.nc",
         estimates=estimate_files,

@@ -2,6 +2,7 @@
 
 
 rule figure_free_energy_surfaces:
+    """Figure: free-energy surface over the two CVs, per estimator."""
     input:
         surface="results/{system}/analysis/fes_surface.nc",
     output:
@@ -28,6 +29,7 @@ rule figure_free_energy_surfaces:
 
 
 rule figure_free_energy_profiles:
+    """Figure: free-energy profiles along each CV with error bands."""
     input:
         profiles="results/{system}/analysis/fes_profiles.nc",
     output:
@@ -54,6 +56,7 @@ rule figure_free_energy_profiles:
 
 
 rule figure_log_weights:
+    """Figure: log importance weights of every weighted estimator."""
     input:
         samples=weighted_samples_files,
         estimates=weighted_estimate_files,
@@ -81,6 +84,7 @@ rule figure_log_weights:
 
 
 rule figure_training:
+    """Figure: flow training curves and ESS over training."""
     input:
         curves="results/{system}/models/flow_training.nc",
     output:
@@ -107,6 +111,7 @@ rule figure_training:
 
 
 rule figure_energy_distributions:
+    """Figure: potential energies of MD, flow and reweighted flow."""
     input:
         md=target_md_file,
         samples="results/{system}/samples/flow.nc",
@@ -134,6 +139,7 @@ rule figure_energy_distributions:
 
 
 rule figure_cost:
+    """Figure: CPU seconds against ΔF error and ESS per estimator."""
     input:
         summary="results/{system}/summary.nc",
     output:
@@ -160,6 +166,7 @@ rule figure_cost:
 
 
 rule figure_score_training:
+    """Figure: the score model's denoising score-matching loss."""
     input:
         curves="results/{system}/models/score_training.nc",
     output:

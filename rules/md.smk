@@ -2,6 +2,7 @@
 
 
 rule md:
+    """Langevin MD of a toy system's walkers at one temperature of the ladder."""
     wildcard_constraints:
         system=LANGEVIN_SYSTEMS,
     output:
@@ -26,6 +27,7 @@ rule md:
 
 
 rule replica_exchange:
+    """Temperature replica exchange of a molecule over the whole ladder."""
     wildcard_constraints:
         system=REPLICA_EXCHANGE_SYSTEMS,
     input:
@@ -50,6 +52,7 @@ rule replica_exchange:
 
 # One temperature of the run in the per-temperature MD contract, plus its AMBER NetCDF trajectory.
 rule replica_state:
+    """One temperature of the replica exchange run, as MD samples and an AMBER trajectory."""
     wildcard_constraints:
         system=REPLICA_EXCHANGE_SYSTEMS,
     input:

@@ -2,6 +2,7 @@
 
 
 rule sample_flow:
+    """Draw flow samples with ln q and the reduced energy."""
     input:
         model="results/{system}/models/flow.pt",
     output:
@@ -29,6 +30,7 @@ rule sample_flow:
 
 
 rule sample_score:
+    """Probability-flow ODE samples of the score model, ln q by one likelihood estimator."""
     input:
         model="results/{system}/models/score.pt",
     output:
@@ -55,6 +57,7 @@ rule sample_score:
 
 
 rule smc:
+    """Sequential Monte Carlo from a trained model (flow or score) to the target."""
     input:
         model=smc_model_file,
     output:
@@ -81,6 +84,7 @@ rule smc:
 
 
 rule flow_mcmc:
+    """Independence Metropolis-Hastings with the flow's samples as proposals."""
     input:
         samples="results/{system}/samples/flow.nc",
     output:

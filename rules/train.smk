@@ -2,6 +2,7 @@
 
 
 rule train_flow:
+    """Train the flow (a Boltzmann generator for molecules) on target-temperature MD."""
     input:
         md=target_md_file,
     output:
@@ -29,6 +30,7 @@ rule train_flow:
 
 
 rule train_score:
+    """Train the score model by denoising score matching on target-temperature MD."""
     input:
         md=target_md_file,
     output:

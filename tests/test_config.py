@@ -61,6 +61,22 @@ BAD = [
     ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
     ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
     ("systems.alanine_dipeptide.cv_units", "gradians", "systems.alanine_dipeptide.cv_units"),
+    # Constraints the code enforces, stated by the config (they used to fail only inside a job).
+    ("systems.double_well.flow.n_layers", 1, "systems.double_well.flow.n_layers: 1 is less than the minimum of 2"),
+    ("systems.double_well.flow.n_bins", 2000, "systems.double_well.flow.n_bins"),
+    ("systems.alanine_dipeptide.md.report_interval", 300, "report_interval: 300 must divide steps_per_exchange"),
+    ("systems.alanine_dipeptide.temperatures", [300, 631, 348], "an increasing ladder"),
+    ("systems.mueller_brown.score.beta_min", 30.0, "systems.mueller_brown.score.beta_min: 30.0 exceeds beta_max"),
+    ("systems.mueller_brown.mcmc.burn_in", 5000, "systems.mueller_brown.mcmc.burn_in"),
+    ("run", ["double_wel"], "run: 'double_wel' is not a system"),
+    # Malformed shapes: a list where a mapping belongs, a number where a list belongs, and back.
+    ("systems", [{"double_well": {}}], "systems: [{'double_well': {}}] is not of type 'object'"),
+    ("systems.double_well", ["toy2d"], "systems.double_well: ['toy2d'] is not of type 'object'"),
+    ("systems.double_well.flow", [8, 64], "systems.double_well.flow: [8, 64] is not of type 'object'"),
+    ("systems.double_well.temperatures", 300, "systems.double_well.temperatures: 300 is not of type 'array'"),
+    ("systems.double_well.states", ["left", "right"], "systems.double_well.states"),
+    ("systems.alanine_dipeptide.cvs", [[4, 6, 8, 10]], "systems.alanine_dipeptide.cvs"),
+    ("systems.double_well.md.steps", [100], "systems.double_well.md.steps"),
 ]
 
 
