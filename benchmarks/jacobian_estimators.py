@@ -35,8 +35,12 @@ import torch
 from boltzflow.estimators import ess_fraction
 from boltzflow.generators import CartesianMap, ScoreGenerator
 from boltzflow.perturbation import perturbation_sample, probe_shape
-from boltzflow.probability_flow import (exact_divergence, hutchinson_divergence, integrate_probability_flow,
-                                        standard_normal_log_prob)
+from boltzflow.probability_flow import (
+    exact_divergence,
+    hutchinson_divergence,
+    integrate_probability_flow,
+    standard_normal_log_prob,
+)
 from boltzflow.scores import UnconstrainedScore, train_score_model
 
 ODE_STEPS = 20

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from boltzflow.config import load_schema, validate_config
-from boltzflow.md import LangevinSettings, integrator_seed, make_simulation
+from boltzflow.md import integrator_seed, make_simulation
+from boltzflow.settings import LangevinSettings
 from boltzflow.stages.md import md_stage
 from boltzflow.systems import toy_system_from_config
 
@@ -79,8 +80,8 @@ def molecule_throughput(args, system_config):
     import openmm
     from openmm import unit
 
-    from boltzflow.stages.md import replica_exchange_stage
     from boltzflow.molecules import select_platform
+    from boltzflow.stages.md import replica_exchange_stage
     from boltzflow.systems import system_from_config
 
     md = {**system_config["md"], "exchanges": args.exchanges}

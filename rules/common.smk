@@ -76,7 +76,7 @@ def target_md_file(wildcards):
     return md_files(wildcards)[0]
 
 
-#: The rules whose benchmark files cost the MD of each route (per temperature unless marked "ladder").
+#: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
 MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exchange", "replica_state_{label}K"]}
 
 
@@ -109,7 +109,7 @@ def estimator_costs(wildcards):
     folder = f"results/{wildcards.system}/benchmarks"
     costs = {}
     for name in enabled_estimators(wildcards.system):
-        model = [f"{folder}/{rule}.tsv" for rule in BY_NAME[name].rules]
+        model = [f"{folder}/{rule}.tsv" for rule in BY_NAME[name].jobs]
         costs[name] = model + [f"{folder}/reweight_{name}.tsv"]
         if BY_NAME[name].raw_companion:
             costs[f"{name}_raw"] = model
@@ -143,7 +143,7 @@ def figures_of(system_name):
         figures.append("log_weights")
     if "flow" in models:
         figures.append("training")
-    if any("sample_flow" in estimator.rules for estimator in estimators):  # it draws the flow's own samples
+    if any("sample_flow" in estimator.jobs for estimator in estimators):  # it draws the flow's own samples
         figures.append("energy_distributions")
     if "score" in models:
         figures.append("score_training")

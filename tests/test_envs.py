@@ -38,6 +38,18 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _module_source(name: str) -> Path | None:
+    """The file of a boltzflow module (``boltzflow.stages.mbar`` → stages/mbar.py), or None if it is none."""
+    parts = name.split(".")[1:]
+    if not parts:
+        return None
+    path = PACKAGE.joinpath(*parts)
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def third_party_imports(script: Path) -> set[str]:
     """Conda package names that a script needs, following boltzflow modules transitively."""
     needed, seen = set(), set()
@@ -47,11 +59,11 @@ def third_party_imports(script: Path) -> set[str]:
         for name in _imports(path):
             top = name.split(".")[0]
             if top == "boltzflow":
-                module = name if name.count(".") else None
-                if module and module not in seen and (PACKAGE / f"{module.split('.')[1]}.py").exists():
-                    seen.add(module)
-                    needed |= IMPLICIT.get(module, set())
-                    todo.append(PACKAGE / f"{module.split('.')[1]}.py")
+                source = _module_source(name)
+                if source is not None and name not in seen:
+                    seen.add(name)
+                    needed |= IMPLICIT.get(name, set())
+                    todo.append(source)
             elif top not in STDLIB and top not in {"_bootstrap", "snakemake"}:
                 needed.add(CONDA_NAME.get(top, top).lower())
     return needed

@@ -7,7 +7,7 @@ from scipy.special import erfc
 
 from boltzflow import estimators
 from boltzflow.stages.mbar import mbar_stage
-from boltzflow.systems import Toy2DSystem, StateBox, kt_kj_mol
+from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
 
 SPRING = 200.0  # kJ/mol/nm^2
 
@@ -68,6 +68,12 @@ def test_log_weights_drop_non_finite_samples():
     assert log_w[0] == -1.0 and np.all(np.isneginf(log_w[1:]))
     # Dropped samples count in N but carry no weight: ESS/N = 1/4 with one weight left.
     assert estimators.ess_fraction(log_w) == pytest.approx(0.25)
+
+
+def test_kish_ess_gives_non_finite_log_weights_no_weight():
+    assert estimators.ess_fraction(np.array([0.0, np.nan, np.inf, -np.inf])) == pytest.approx(0.25)
+    assert estimators.ess_fraction(np.full(3, -np.inf)) == 0.0
+    assert estimators.ess_fraction(np.array([np.nan, np.inf])) == 0.0
 
 
 def test_importance_sampling_matches_quadrature_with_bootstrap_error():

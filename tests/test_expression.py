@@ -10,6 +10,7 @@ Python formulas.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -379,7 +380,7 @@ def test_custom_variables_used_variables_and_value_semantics():
     assert clone == expr and float(clone(r=2.0, t=0.0)) == 12.0
     with pytest.raises(ExpressionError):
         Expression("z")  # the constructor validates too
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         expr.source = "x"  # frozen
 
 

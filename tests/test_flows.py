@@ -160,7 +160,8 @@ def test_float32_default_and_sampling_reproducible():
 
 
 def test_save_and_rebuild(tmp_path):
-    flow = _perturb(SplineCouplingFlow(5, n_layers=3, hidden=8, n_bins=6, tail_bound=4.0, loc=torch.ones(5), scale=2 * torch.ones(5)))
+    flow = _perturb(SplineCouplingFlow(5, n_layers=3, hidden=8, n_bins=6, tail_bound=4.0, loc=torch.ones(5),
+                                       scale=2 * torch.ones(5)))
     path = tmp_path / "flow.pt"
     torch.save(flow.state_dict(), path)
     rebuilt = SplineCouplingFlow(**flow.config)
@@ -202,7 +203,8 @@ def test_training_recovers_gaussian_mixture():
 
     kl_before = forward_kl()
     messages = []
-    curves = train_flow(flow, data.float(), steps=200, batch_size=256, learning_rate=1e-2, log=messages.append, log_every=50)
+    curves = train_flow(flow, data.float(), steps=200, batch_size=256, learning_rate=1e-2, log=messages.append,
+                        log_every=50)
     kl_after = forward_kl()
 
     assert kl_before > 0.5  # a Gaussian fit of a bimodal mixture: far off
@@ -248,7 +250,7 @@ def test_seeded_training_is_reproducible():
         )
         return flow, curves
 
-    (flow_a, curves_a), (flow_b, curves_b), (flow_c, curves_c) = run(0), run(0), run(1)
+    (flow_a, curves_a), (flow_b, curves_b), (_, curves_c) = run(0), run(0), run(1)
     assert curves_a.keys() == curves_b.keys()
     for key in curves_a:
         np.testing.assert_array_equal(curves_a[key], curves_b[key])

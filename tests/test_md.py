@@ -1,10 +1,10 @@
 """OpenMM Langevin MD of a toy system against the analytic Boltzmann distribution of a harmonic well."""
 
 import numpy as np
-
 import pytest
 
-from boltzflow.md import LangevinSettings, run_langevin
+from boltzflow.md import run_langevin
+from boltzflow.settings import LangevinSettings
 from boltzflow.stages.md import md_stage
 from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
 

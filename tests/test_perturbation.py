@@ -5,14 +5,16 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from boltzflow.perturbation import perturbation_sample, probe_shape, stretching_log_det
-from boltzflow.probability_flow import exact_divergence, hutchinson_divergence, integrate_probability_flow
-from boltzflow.probability_flow import standard_normal_log_prob
-from boltzflow.scores import VPSchedule
 from test_scores import AnalyticGaussianScore
 
-
+from boltzflow.perturbation import perturbation_sample, probe_shape, stretching_log_det
+from boltzflow.probability_flow import (
+    exact_divergence,
+    hutchinson_divergence,
+    integrate_probability_flow,
+    standard_normal_log_prob,
+)
+from boltzflow.scores import VPSchedule
 
 # These checks are in float64 (the fixture restores the default dtype for the other modules).
 pytestmark = pytest.mark.usefixtures("float64_default")

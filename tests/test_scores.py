@@ -103,7 +103,7 @@ def test_exact_divergence_is_the_trace_of_the_autograd_jacobian():
     t = torch.rand(5, dtype=torch.float64)
     value, divergence = exact_divergence(velocity, x, t)
     traces = torch.stack([
-        torch.trace(torch.autograd.functional.jacobian(lambda xi: velocity(xi[None], t[i : i + 1])[0], x[i]))
+        torch.trace(torch.autograd.functional.jacobian(lambda xi, i=i: velocity(xi[None], t[i : i + 1])[0], x[i]))
         for i in range(5)
     ])
     torch.testing.assert_close(divergence, traces)

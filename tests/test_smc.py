@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from boltzflow.samplers import independence_metropolis
-from boltzflow.smc import SMCSettings, run_smc, systematic_resample
-
-
+from boltzflow.settings import SMCSettings
+from boltzflow.smc import run_smc, systematic_resample
 
 # These checks are in float64 (the fixture restores the default dtype for the other modules).
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -1,7 +1,7 @@
 """Every estimator, declared once: read by the workflow (``rules/common.smk``), the figures and the tests.
 
 An estimator turns samples into free energies. ``mbar`` is the MD reference; every model estimator has
-a samples file ``samples/{name}.nc`` made by its own rule (listed first in ``rules``) and an estimates
+a samples file ``samples/{name}.nc`` made by the last of its ``jobs`` and an estimates
 file ``analysis/estimates_{name}.nc`` made by ``reweight``. Adding one = its algorithm module, its entry
 here, its rule if it has its own job, its tests and a README line.
 
@@ -18,7 +18,8 @@ class Estimator:
     """One estimator of state free energies, profiles and ln Z at the target temperature.
 
     ``model``: the trained model it needs ("flow" or "score"), or None (the MD reference).
-    ``rules``: the rules whose CPU seconds it costs beyond the MD (the reweight job is added for model
+    ``jobs``: the jobs (their benchmark files, ``benchmarks/{job}.tsv``) whose CPU seconds it costs beyond
+    the MD (the reweight job is added for model
     estimators; its ``_raw`` companion costs the same without it).
     ``weighted``: its samples carry importance weights (False: equally weighted chain states, no ESS).
     ``raw_companion``: the summary also shows the model without weights (``{name}_raw``), to show the bias
@@ -29,7 +30,7 @@ class Estimator:
     name: str
     label: str
     model: str | None
-    rules: tuple[str, ...]
+    jobs: tuple[str, ...]
     weighted: bool
     raw_companion: bool
     error: str
@@ -67,14 +68,3 @@ def label(name: str) -> str:
     if base != name and base in BY_NAME:
         return f"{BY_NAME[base].model}, unweighted"
     return BY_NAME[name].label if name in BY_NAME else name
-
-
-def summary_names(enabled: list[str]) -> list[str]:
-    """The estimator rows of a summary for the enabled estimators: the reference, then each estimator
-    followed by its ``_raw`` companion."""
-    names = [REFERENCE.name]
-    for name in enabled:
-        names.append(name)
-        if BY_NAME[name].raw_companion:
-            names.append(f"{name}_raw")
-    return names

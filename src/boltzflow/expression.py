@@ -66,9 +66,12 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Expression", "ExpressionError", "parse_expression", "FUNCTIONS"]
 
@@ -164,7 +167,7 @@ class _Call:
     pos: int
 
 
-_Node = Union[_Num, _Name, _Neg, _BinOp, _Call]
+_Node = _Num | _Name | _Neg | _BinOp | _Call
 
 
 @dataclass(frozen=True)
@@ -549,7 +552,7 @@ def _build_program(text: str, variables: tuple[str, ...]) -> _Program:
     allowed = f"allowed: {', '.join(variables)}"
     if definitions:
         allowed += f"; defined: {', '.join(d.name for d in definitions)}"
-    for owner, node in [(None, main)] + [(d, d.body) for d in definitions]:
+    for node in [main] + [d.body for d in definitions]:
         for n in _names(node):
             if n.name not in variables and n.name not in by_name:
                 raise ExpressionError(f"unknown variable {n.name!r} {_at(n.pos)} ({allowed})")

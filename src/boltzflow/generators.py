@@ -289,8 +289,12 @@ class ScoreGenerator(nn.Module):
         from functools import partial
 
         from boltzflow.perturbation import perturbation_sample, probe_shape
-        from boltzflow.probability_flow import (exact_divergence, hutchinson_divergence,
-                                                integrate_probability_flow, standard_normal_log_prob)
+        from boltzflow.probability_flow import (
+            exact_divergence,
+            hutchinson_divergence,
+            integrate_probability_flow,
+            standard_normal_log_prob,
+        )
 
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
@@ -323,7 +327,7 @@ class ScoreGenerator(nn.Module):
                 "map": self.coordinate_map.config}
 
     @classmethod
-    def from_config(cls, config: dict) -> "ScoreGenerator":
+    def from_config(cls, config: dict) -> ScoreGenerator:
         from boltzflow import scores
 
         network = getattr(scores, SCORE_NETWORKS[config["network"]])(**config["network_config"])

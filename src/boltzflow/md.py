@@ -21,27 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from boltzflow.checkpoints import Checkpoint
+from boltzflow.settings import LangevinSettings
 from boltzflow.systems import Toy2DSystem
-
-
-@dataclass(frozen=True)
-class LangevinSettings:
-    """MD settings; units in the names. ``seed`` must be a positive int (OpenMM treats 0 as 'random')."""
-
-    walkers: int = 256
-    steps: int = 20000
-    equilibration_steps: int = 2000
-    report_interval: int = 50
-    timestep_fs: float = 10.0
-    friction_per_ps: float = 1.0
-    mass_amu: float = 1.0
-    z_spring_kj_mol_nm2: float = 1000.0
-    platform: str = "Reference"
-    seed: int = 1
-
-    @classmethod
-    def from_config(cls, md_config: dict) -> "LangevinSettings":
-        return cls(**{name: md_config[name] for name in cls.__dataclass_fields__ if name in md_config})
 
 
 @dataclass

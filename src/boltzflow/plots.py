@@ -17,6 +17,7 @@ import xarray as xr
 from boltzflow.estimator_table import label
 from boltzflow.units import kt_kj_mol
 
+
 def _surface_variable(dataset: xr.Dataset) -> str:
     return next(name for name in dataset.data_vars if name.startswith("F_"))
 

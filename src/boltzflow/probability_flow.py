@@ -37,8 +37,8 @@ div ≈ div v(x, t), both [batch] / [batch, dim] and detached. ``exact_divergenc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import nn

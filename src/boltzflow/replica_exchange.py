@@ -24,14 +24,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from boltzflow.checkpoints import Checkpoint
 from boltzflow.io import atomic_path
+from boltzflow.settings import ReplicaExchangeSettings
 from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K
 
 #: Local energy minimisation before the run: tolerance in kJ/mol/nm and an iteration cap, so a strained
@@ -42,51 +43,6 @@ MINIMIZATION_MAX_ITERATIONS = 1000
 #: How many progress lines and checkpoints a run writes (about; fewer for short runs).
 PROGRESS_LINES = 20
 CHECKPOINTS = 10
-
-
-@dataclass(frozen=True)
-class ReplicaExchangeSettings:
-    """Settings of a replica exchange run; units in the names.
-
-    ``exchanges`` and ``equilibration_exchanges`` count exchange attempts (each after
-    ``steps_per_exchange`` steps of every replica); nothing is recorded during equilibration.
-    ``seed`` must be a positive int (OpenMM treats 0 as 'random').
-    """
-
-    steps_per_exchange: int = 500
-    exchanges: int = 2000
-    equilibration_exchanges: int = 100
-    report_interval: int = 100
-    timestep_fs: float = 2.0
-    friction_per_ps: float = 1.0
-    seed: int = 1
-    platform: str = "Reference"
-    platform_properties: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        for name in ("steps_per_exchange", "exchanges", "report_interval", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not _is_int(self.equilibration_exchanges) or self.equilibration_exchanges < 0:
-            raise ValueError(f"equilibration_exchanges must be an int >= 0, got {self.equilibration_exchanges!r}")
-        if self.steps_per_exchange % self.report_interval:
-            raise ValueError(f"report_interval ({self.report_interval}) must divide "
-                             f"steps_per_exchange ({self.steps_per_exchange})")
-        if not self.timestep_fs > 0:
-            raise ValueError(f"timestep_fs must be > 0, got {self.timestep_fs!r}")
-        # Without friction the integrator does not thermostat, and the states would not be temperatures.
-        if not self.friction_per_ps > 0:
-            raise ValueError(f"friction_per_ps must be > 0, got {self.friction_per_ps!r}")
-        if not isinstance(self.platform, str) or not self.platform:
-            raise ValueError(f"platform must be a platform name, got {self.platform!r}")
-        if not isinstance(self.platform_properties, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.platform_properties.items()):
-            raise ValueError(f"platform_properties must map str to str, got {self.platform_properties!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass

@@ -7,14 +7,17 @@ schema states the same ones (``tests/test_config.py`` builds every class and its
 schema's minimum and maximum values), so a config the dry run accepts never fails later for a reason
 the config could have shown.
 
-This module imports no torch and no OpenMM: the analysis stages and the Snakefile use it too.
+This module imports no torch and no OpenMM (numpy only): the analysis stages and the Snakefile use it too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -157,6 +160,75 @@ class FigureSettings:
 
     style: str = "ticks"
     max_kt: float = 10.0
+
+
+@dataclass(frozen=True)
+class LangevinSettings:
+    """The ``md`` block of a toy: Langevin walkers at one temperature; units in the names.
+
+    ``seed`` must be a positive int (OpenMM treats 0 as 'random').
+    """
+
+    walkers: int = 256
+    steps: int = 20000
+    equilibration_steps: int = 2000
+    report_interval: int = 50
+    timestep_fs: float = 10.0
+    friction_per_ps: float = 1.0
+    mass_amu: float = 1.0
+    z_spring_kj_mol_nm2: float = 1000.0
+    platform: str = "Reference"
+    seed: int = 1
+
+    @classmethod
+    def from_config(cls, md_config: dict) -> LangevinSettings:
+        """The settings of an ``md`` block, ignoring keys that are not Langevin settings."""
+        return cls(**{name: md_config[name] for name in cls.__dataclass_fields__ if name in md_config})
+
+
+@dataclass(frozen=True)
+class ReplicaExchangeSettings:
+    """The ``md`` block of a molecule: a replica exchange run; units in the names.
+
+    ``exchanges`` and ``equilibration_exchanges`` count exchange attempts (each after
+    ``steps_per_exchange`` steps of every replica); nothing is recorded during equilibration.
+    ``seed`` must be a positive int (OpenMM treats 0 as 'random').
+    """
+
+    steps_per_exchange: int = 500
+    exchanges: int = 2000
+    equilibration_exchanges: int = 100
+    report_interval: int = 100
+    timestep_fs: float = 2.0
+    friction_per_ps: float = 1.0
+    seed: int = 1
+    platform: str = "Reference"
+    platform_properties: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("steps_per_exchange", "exchanges", "report_interval", "seed"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not _is_int(self.equilibration_exchanges) or self.equilibration_exchanges < 0:
+            raise ValueError(f"equilibration_exchanges must be an int >= 0, got {self.equilibration_exchanges!r}")
+        if self.steps_per_exchange % self.report_interval:
+            raise ValueError(f"report_interval ({self.report_interval}) must divide "
+                             f"steps_per_exchange ({self.steps_per_exchange})")
+        if not self.timestep_fs > 0:
+            raise ValueError(f"timestep_fs must be > 0, got {self.timestep_fs!r}")
+        # Without friction the integrator does not thermostat, and the states would not be temperatures.
+        if not self.friction_per_ps > 0:
+            raise ValueError(f"friction_per_ps must be > 0, got {self.friction_per_ps!r}")
+        if not isinstance(self.platform, str) or not self.platform:
+            raise ValueError(f"platform must be a platform name, got {self.platform!r}")
+        if not isinstance(self.platform_properties, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.platform_properties.items()):
+            raise ValueError(f"platform_properties must map str to str, got {self.platform_properties!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 #: The settings class of every model and analysis block of a system's config, by block name. The ``md``

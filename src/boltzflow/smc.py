@@ -33,24 +33,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.special import logsumexp
 
 from boltzflow.estimators import ess_fraction
-
-
-@dataclasses.dataclass(frozen=True)
-class SMCSettings:
-    n_particles: int = 2000
-    ess_target: float = 0.8
-    resample_threshold: float = 0.5
-    moves_per_level: int = 5
-    max_levels: int = 100
-    initial_step: float = 0.3
-    seed: int = 0
+from boltzflow.settings import SMCSettings
 
 
 @dataclasses.dataclass

@@ -155,7 +155,7 @@ class Toy2DSystem:
         return ModelCoordinates(CartesianMap(self.dim), y, none, torch.zeros(self.dim, dtype=torch.float64))
 
     def md_settings(self, block: dict):
-        from boltzflow.md import LangevinSettings
+        from boltzflow.settings import LangevinSettings
 
         return LangevinSettings.from_config(block)
 
@@ -283,7 +283,7 @@ class MoleculeSystem:
         return ModelCoordinates(coordinate_map, coordinate_map.flow_coordinates(ic), circular, circular_mean)
 
     def md_settings(self, block: dict):
-        from boltzflow.replica_exchange import ReplicaExchangeSettings
+        from boltzflow.settings import ReplicaExchangeSettings
 
         return ReplicaExchangeSettings(**block)
 

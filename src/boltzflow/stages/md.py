@@ -11,7 +11,8 @@ import dataclasses
 import numpy as np
 import xarray as xr
 
-from boltzflow.md import LangevinSettings, decorrelate, run_langevin
+from boltzflow.md import decorrelate, run_langevin
+from boltzflow.settings import LangevinSettings
 from boltzflow.stages.datasets import variable
 
 
