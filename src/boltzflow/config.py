@@ -26,7 +26,7 @@ from boltzflow.cvs import state_box as cvs_state_box
 from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
-SYSTEM_KINDS = ("toy2d", "molecule")
+SYSTEM_KINDS = ("toy2d", "molecule")  # the schema's $defs of each kind
 
 #: The range of a dihedral CV in each unit: states and grids live in [-half_turn, half_turn].
 HALF_TURN = {"degrees": 180.0, "radians": math.pi}
@@ -127,10 +127,8 @@ def _check_blocks(name: str, system: dict) -> None:
 
 
 def _check_system(name: str, system: dict) -> None:
-    if system["type"] == "molecule":
-        _check_molecule(name, system)
-    else:
-        _check_toy(name, system)
+    """The checks of the system's kind (the schema has checked its type)."""
+    KIND_CHECKS[system["type"]](name, system)
 
 
 def _check_toy(name: str, system: dict) -> None:
@@ -263,3 +261,7 @@ def count_pdb_atoms(path: str, key: str) -> int:
     if n_atoms == 0:
         raise ConfigError(f"{key}: {path!r} has no ATOM or HETATM records; expected a PDB file")
     return n_atoms
+
+
+#: The checks a schema cannot express, per system kind (``type``).
+KIND_CHECKS = {"toy2d": _check_toy, "molecule": _check_molecule}

@@ -38,12 +38,25 @@ def zmatrix_from_state(state: dict) -> ZMatrix:
                    references=np.asarray(state["references"], dtype=np.int64))
 
 
-class CartesianMap(nn.Module):
-    """The coordinate map of a system whose positions are its model coordinates (a toy's x and y, nm).
+class CoordinateMap(nn.Module):
+    """Model coordinates y (what a model learns, float64) ↔ a system's positions (nm), with the log-Jacobian
+    J(y) = ln |det ∂x/∂y| of the map where it is defined (NaN outside its domain).
 
-    The identity, with log-Jacobian 0: the same interface as :class:`InternalCoordinateMap`, so that
-    generators and stages never ask which kind of system they serve.
+    Generators and stages see only this interface, so they never ask which kind of system they serve.
+    Subclasses define ``model_coordinates``, ``to_cartesian``, ``log_jacobian`` and ``config``.
     """
+
+    def reduced_energy_internal(self, reduced_energy):
+        """u_y(y) = u(x(y)) - J(y): the energy of the model-coordinate density, for a reduced energy u of
+        positions."""
+        def energy(y):
+            return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
+        return energy
+
+
+class CartesianMap(CoordinateMap):
+    """The coordinate map of a system whose positions are its model coordinates (a toy's x and y, nm):
+    the identity, with log-Jacobian 0."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -58,18 +71,12 @@ class CartesianMap(nn.Module):
     def log_jacobian(self, y: torch.Tensor) -> torch.Tensor:
         return torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
 
-    def reduced_energy_internal(self, reduced_energy):
-        """The energy of the model-coordinate density: here u itself (in float64)."""
-        def energy(y):
-            return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
-        return energy
-
     @property
     def config(self) -> dict:
         return {"type": "cartesian", "dim": self.dim}
 
 
-class InternalCoordinateMap(nn.Module):
+class InternalCoordinateMap(CoordinateMap):
     """Internal coordinates as real "model coordinates" y, mapped to Cartesian positions (nm).
 
     y are the internal coordinates except for torsions with a finite ``window_centre`` c: those are
@@ -129,23 +136,20 @@ class InternalCoordinateMap(nn.Module):
                  & (distance < math.pi).all(-1))
         return torch.where(valid, j, torch.full_like(j, math.nan))
 
-    def reduced_energy_internal(self, reduced_energy):
-        """u_y(y) = u(x(y)) - J(y), for a Cartesian reduced energy u of [B, n_atoms, 3] positions."""
-        def energy(y):
-            return reduced_energy(self.to_cartesian(y)) - self.log_jacobian(y)
-        return energy
-
     @property
     def config(self) -> dict:
         """The Z-matrix (the window centres are a buffer, saved with the state dict)."""
         return {"type": "internal", **zmatrix_state(self.zmatrix)}
 
 
-def coordinate_map_from_config(config: dict) -> nn.Module:
+#: How each kind of coordinate map is rebuilt from its saved ``config``.
+COORDINATE_MAPS = {"cartesian": lambda config: CartesianMap(config["dim"]),
+                   "internal": lambda config: InternalCoordinateMap(zmatrix_from_state(config))}
+
+
+def coordinate_map_from_config(config: dict) -> CoordinateMap:
     """A coordinate map from its ``config`` (window centres come with the state dict)."""
-    if config["type"] == "cartesian":
-        return CartesianMap(config["dim"])
-    return InternalCoordinateMap(zmatrix_from_state(config))
+    return COORDINATE_MAPS[config["type"]](config)
 
 
 #: Flow classes a generator file may name (``torch.load(weights_only=True)`` reads names, not classes).
@@ -167,7 +171,7 @@ class FlowGenerator(nn.Module):
     docstring.
     """
 
-    def __init__(self, coordinate_map: nn.Module, flow: nn.Module):
+    def __init__(self, coordinate_map: CoordinateMap, flow: nn.Module):
         super().__init__()
         self.coordinate_map = coordinate_map
         self.flow = flow
@@ -252,7 +256,7 @@ class ScoreGenerator(nn.Module):
     """
 
     def __init__(self, network: nn.Module, loc: torch.Tensor, scale: torch.Tensor,
-                 coordinate_map: nn.Module):
+                 coordinate_map: CoordinateMap):
         super().__init__()
         self.network = network
         self.register_buffer("loc", torch.as_tensor(loc, dtype=torch.float64).clone())
