@@ -8,7 +8,7 @@ import torch
 
 from boltzflow.coordinates import build_zmatrix
 from boltzflow.flows import MixedSplineCouplingFlow
-from boltzflow.generators import BoltzmannGenerator
+from boltzflow.generators import boltzmann_generator
 from boltzflow.molecules import load_molecule
 from boltzflow.stages.flow import load_flow, save_flow
 from workflow_helpers import ROOT
@@ -18,7 +18,7 @@ from workflow_helpers import ROOT
 def generator():
     molecule = load_molecule(ROOT / "data/alanine_dipeptide.pdb")
     zmatrix = build_zmatrix(molecule.bonds, molecule.n_atoms, molecule.heavy)
-    probe = BoltzmannGenerator(zmatrix, None)
+    probe = boltzmann_generator(zmatrix, None)
     ic = probe.coordinate_map.to_internal(torch.as_tensor(molecule.positions_nm)[None])[0]
     torsions = probe.coordinate_map.coordinates.is_torsion
     # Two torsions windowed around their value in the PDB, the others circular; bonds and angles
@@ -35,7 +35,7 @@ def generator():
     with torch.no_grad():
         for parameter in flow.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    return BoltzmannGenerator(zmatrix, flow, centre)
+    return boltzmann_generator(zmatrix, flow, centre)
 
 
 def assert_log_q_is_the_generator_density(generator, x, log_q):

@@ -1,6 +1,13 @@
-"""Boltzmann generators for molecules: a flow over internal coordinates, mapped to Cartesian positions.
+"""Generators: a model over a system's model coordinates together with the map back to its positions.
 
-The flow (:class:`boltzflow.flows.MixedSplineCouplingFlow`) models the 3n-6 internal coordinates of
+Every generator is a model (a flow, or a score model sampled by the probability-flow ODE) plus a
+:class:`CoordinateMap`: the identity for a toy (:class:`CartesianMap`, x and y in nm), internal
+coordinates for a molecule (:class:`InternalCoordinateMap`). Generators and the stages that use them see
+only that interface; log q of a sample is the model's density of its model coordinates minus the map's
+log-Jacobian (0 for toys).
+
+For a molecule (a Boltzmann generator), the flow (:class:`boltzflow.flows.MixedSplineCouplingFlow`)
+models the 3n-6 internal coordinates of
 :class:`boltzflow.coordinates.InternalCoordinates`: bond lengths and angles as real numbers, torsions as
 angles on the circle. The global frame (3 translations, 3 rotations) is not modelled: the Boltzmann
 density is uniform over rigid-body motions, so the marginal density of the internal coordinates is
@@ -195,7 +202,7 @@ class FlowGenerator(nn.Module):
         return cls(coordinate_map_from_config(config["map"]), FLOW_CLASSES[config["flow_class"]](**config["flow"]))
 
 
-def BoltzmannGenerator(zmatrix: ZMatrix, flow: nn.Module | None, window_centre=None) -> FlowGenerator:
+def boltzmann_generator(zmatrix: ZMatrix, flow: nn.Module | None, window_centre=None) -> FlowGenerator:
     """A flow over the internal coordinates of a molecule (a :class:`FlowGenerator` with that map)."""
     return FlowGenerator(InternalCoordinateMap(zmatrix, window_centre), flow)
 
