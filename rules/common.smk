@@ -254,13 +254,10 @@ def mcmc_params(wildcards):
 
 def reweight_params(wildcards):
     system = _system(wildcards)
-    params = {
+    return {
         "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
         "analysis": {key: system["analysis"][key] for key in ("bootstrap", "seed", "trim_fraction")},
     }
-    if hasattr(wildcards, "estimator"):
-        params["include_raw"] = BY_NAME[wildcards.estimator].raw_companion
-    return params
 
 
 def figure_params(wildcards):

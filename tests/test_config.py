@@ -141,3 +141,19 @@ def test_shipped_configs_are_valid(overlay):
     config = merged_config(ROOT / "config/config.yaml", ROOT / "config" / overlay)
     config["systems"]["alanine_dipeptide"]["pdb"] = str(ROOT / "data/alanine_dipeptide.pdb")
     validate_config(config, SCHEMA)
+
+
+def test_cross_key_checks_reject_exactly_what_the_code_would_fail_on():
+    # Independence MH needs more than burn_in draws per chain; beta_min == beta_max is a valid schedule.
+    n_samples = DEFAULT["systems"]["mueller_brown"]["sampling"]["n_samples"]
+    per_chain = n_samples // DEFAULT["systems"]["mueller_brown"]["mcmc"]["chains"]
+    with pytest.raises(ConfigError, match="mcmc.burn_in"):
+        validate_config(_config_with("systems.mueller_brown.mcmc.burn_in", per_chain), SCHEMA)
+    validate_config(_config_with("systems.mueller_brown.mcmc.burn_in", per_chain - 1), SCHEMA)
+    config = _config_with("systems.mueller_brown.score.beta_min", 20.0)
+    config["systems"]["mueller_brown"]["score"]["beta_max"] = 20.0
+    validate_config(config, SCHEMA)
+    # Without the MCMC estimator, its burn-in constrains nothing.
+    config = _config_with("systems.mueller_brown.mcmc.burn_in", per_chain)
+    config["systems"]["mueller_brown"]["estimators"] = {"flow_mcmc": False}
+    validate_config(config, SCHEMA)

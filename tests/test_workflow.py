@@ -181,11 +181,13 @@ def test_alanine_dipeptide_flow_agrees_with_mbar(run):
     # The flow is not: torch training differs across CPU models, and the CI-sized flow's ESS/N has been
     # seen anywhere from 0.3 % to 3.4 % (56 to 680 effective samples of 20,000). So nothing here depends on
     # how good the flow came out, only on what must hold for any flow that is honest about itself: its
-    # own samples visit the state, the reweighted estimate has a positive error, and it agrees with MBAR
-    # within three combined standard errors (a 0.3 % false alarm if the errors are right). ESS is asserted
-    # only to be enough for a bootstrap error to mean something.
+    # own samples visit the state, the reweighted estimate has a positive error small enough to tell the
+    # state from its neighbour (the worst seen is 1.6 kT), and it agrees with MBAR within three combined
+    # standard errors (a 0.3 % false alarm if the errors were Gaussian and right; bootstrap errors at a low
+    # ESS tend to be small, so more in practice). ESS is asserted only to be enough for a bootstrap error
+    # to mean something.
     assert np.isfinite(summary["delta_f"].sel(estimator="flow_raw", state="phi_positive"))
-    assert flow["delta_f_err"] > 0
+    assert 0 < flow["delta_f_err"] < 2.5
     combined = np.hypot(mbar["delta_f_err"], flow["delta_f_err"])
     assert abs(flow["delta_f"] - mbar["delta_f"]) < 3 * combined
     assert flow["ess_fraction"] * flow["n_samples"] >= 20

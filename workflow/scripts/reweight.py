@@ -12,6 +12,5 @@ from boltzflow.systems import system_from_config
 params = snakemake.params.settings
 system = system_from_config(snakemake.wildcards.system, params["system"])
 estimates = reweight_stage(system, read_netcdf(snakemake.input.samples), read_netcdf(snakemake.input.observables),
-                           snakemake.wildcards.estimator, from_block(AnalysisSettings, params["analysis"]), log=log,
-                           include_raw=params["include_raw"])
+                           snakemake.wildcards.estimator, from_block(AnalysisSettings, params["analysis"]), log=log)
 write_netcdf(estimates, snakemake.output.estimates, config=params)

@@ -6,19 +6,21 @@ import numpy as np
 import xarray as xr
 
 from boltzflow import estimators
+from boltzflow.estimator_table import BY_NAME
 from boltzflow.settings import AnalysisSettings
 from boltzflow.stages.datasets import edges_from, grid_coords, surface_name, variable
 
 
 def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimator: str,
-                   settings: AnalysisSettings, log=print, include_raw: bool = True) -> xr.Dataset:
-    """Importance-reweighted estimates from model samples, plus the unweighted model as ``{estimator}_raw``
-    when ``include_raw``.
+                   settings: AnalysisSettings, log=print) -> xr.Dataset:
+    """Importance-reweighted estimates from the samples of ``estimator`` (a name in the estimator table),
+    plus the unweighted model as ``{estimator}_raw`` where the table asks for that companion.
 
     ΔF, profiles and ln Z carry bootstrap standard errors over ``settings.bootstrap`` resamples. ESS/N is
     reported raw and with the top ``settings.trim_fraction`` of log-weights clipped (``ess_fraction_trimmed``);
     the KL and JS divergences compare the 2D histogram over the first two CVs with MBAR's.
     """
+    spec = BY_NAME[estimator]
     trim_fraction = settings.trim_fraction
     positions = samples["positions"].values
     cvs = system.cv_values(positions)
@@ -36,7 +38,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
 
     # The raw model is every sample with equal weight, whatever its energy.
     raw = np.zeros(n)
-    weightings = [log_w, raw] if include_raw else [log_w]
+    weightings = [log_w, raw] if spec.raw_companion else [log_w]
     names = [estimator, f"{estimator}_raw"][:len(weightings)]
     # MCMC states are correlated along each chain: the bootstrap resamples whole chains.
     groups = samples["chain"].values if "chain" in samples else None
@@ -44,7 +46,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     ess = [estimators.ess_fraction(log_w), np.nan][:len(weightings)]
     ess_trimmed = [estimators.ess_fraction(estimators.trimmed_log_weights(log_w, trim_fraction)), np.nan]
     ess_trimmed = ess_trimmed[:len(weightings)]
-    if samples.attrs.get("equally_weighted", 0):
+    if not spec.weighted:
         # MCMC states: equal weights by construction, so a Kish ESS says nothing about them.
         ess, ess_trimmed = [np.nan] * len(weightings), [np.nan] * len(weightings)
     log(f"{estimator}: ESS/N = {ess[0]:.4f} raw, {ess_trimmed[0]:.4f} with the top {trim_fraction:.2%} "
@@ -57,7 +59,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     log_z = values[:, n_states].copy()
     log_z_err = errors[:, n_states].copy()
     log_z[1:], log_z_err[1:] = np.nan, np.nan  # an unweighted model has no ln Z estimate
-    if samples.attrs.get("equally_weighted", 0):
+    if not spec.weighted:
         log_z[:], log_z_err[:] = np.nan, np.nan
     dataset = xr.Dataset(coords={**grid_coords(system, edges), "estimator": names})
     dataset["delta_f"] = variable(("estimator", "state"), values[:, :n_states], "kT",

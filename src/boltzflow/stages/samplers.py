@@ -63,5 +63,5 @@ def mcmc_stage(system, samples: xr.Dataset, settings: MCMCSettings, log=print) -
                                        "log weight of a chain state (0: the chain's states are equally weighted)")
     dataset["chain"] = variable("sample", np.tile(np.arange(settings.chains), len(index) // settings.chains), "1",
                                 "chain of the state (standard errors resample whole chains)")
-    dataset.attrs.update({"acceptance_rate": rate, "equally_weighted": 1})
+    dataset.attrs["acceptance_rate"] = rate
     return dataset
