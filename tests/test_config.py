@@ -157,3 +157,12 @@ def test_cross_key_checks_reject_exactly_what_the_code_would_fail_on():
     config = _config_with("systems.mueller_brown.mcmc.burn_in", per_chain)
     config["systems"]["mueller_brown"]["estimators"] = {"flow_mcmc": False}
     validate_config(config, SCHEMA)
+
+
+def test_run_selects_the_systems_the_default_target_runs(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "run.yaml").write_text("run: [double_well]\n")
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", "config/test.yaml", "run.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "results/double_well/summary.nc" in result.stdout
+    assert "mueller_brown" not in result.stdout and "alanine_dipeptide" not in result.stdout
