@@ -334,7 +334,65 @@ def _coupling_partitions(dim: int, n_layers: int) -> list[tuple[list[int], list[
     return partitions
 
 
-class SplineCouplingFlow(nn.Module):
+class ConfiguredModule(nn.Module):
+    """A module that ``type(module)(**module.config)`` followed by ``load_state_dict`` rebuilds (buffers such
+    as loc/scale come with the state dict). Subclasses keep their constructor arguments in ``_config``."""
+
+    @property
+    def config(self) -> dict:
+        """Constructor arguments (ints, floats and lists of them), copied."""
+        return {key: list(value) if isinstance(value, list) else value for key, value in self._config.items()}
+
+    @property
+    def dim(self) -> int:
+        return self._config["dim"]
+
+
+class _CouplingFlow(ConfiguredModule):
+    """What every coupling flow shares: the stack of coupling layers between a fixed map of the data onto
+    coupling space (``_to_couplings``, with log|det| ``-Σ log scale``) and the base distribution.
+
+    Subclasses define ``_to_couplings``, ``_from_couplings``, ``base_log_prob`` and ``sample_base``,
+    and register ``loc``, ``scale`` and ``layers``.
+    """
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
+        log_det = z.new_zeros(z.shape[0])
+        h = z
+        for layer in self.layers:
+            h, ld = layer(h)
+            log_det = log_det + ld
+        return self._from_couplings(h), log_det + torch.log(self.scale).sum()
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
+        h = self._to_couplings(x)
+        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
+        for layer in reversed(self.layers):
+            h, ld = layer.inverse(h)
+            log_det = log_det + ld
+        return h, log_det
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) = base_log_prob(z) + log|det dz/dx| with z = inverse(x), shape [batch]."""
+        z, log_det = self.inverse(x)
+        return self.base_log_prob(z) + log_det
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
+
+        The base noise is drawn from ``generator`` (on the generator's device, then moved to the
+        model's), so a seeded generator gives reproducible samples. For reparameterized gradients
+        (reverse KL training) call ``forward`` on ``sample_base`` instead.
+        """
+        z = self.sample_base(n, generator=generator)
+        x, log_det = self.forward(z)
+        return x, self.base_log_prob(z) - log_det
+
+
+class SplineCouplingFlow(_CouplingFlow):
     """Coupling flow with rational-quadratic spline couplings and a standard-normal base.
 
     Parameters
@@ -381,55 +439,15 @@ class SplineCouplingFlow(nn.Module):
             for t, c in _coupling_partitions(dim, n_layers)
         )
 
-    @property
-    def config(self) -> dict:
-        """Constructor arguments (ints and floats), so that ``SplineCouplingFlow(**config)`` followed by
-        ``load_state_dict`` rebuilds the model (loc/scale come with the state dict)."""
-        return dict(self._config)
+    def _to_couplings(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.loc) / self.scale
 
-    @property
-    def dim(self) -> int:
-        return self._config["dim"]
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
-        log_det = z.new_zeros(z.shape[0])
-        h = z
-        for layer in self.layers:
-            h, ld = layer(h)
-            log_det = log_det + ld
-        x = self.loc + self.scale * h
-        return x, log_det + torch.log(self.scale).sum()
-
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
-        h = (x - self.loc) / self.scale
-        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
-        for layer in reversed(self.layers):
-            h, ld = layer.inverse(h)
-            log_det = log_det + ld
-        return h, log_det
+    def _from_couplings(self, h: torch.Tensor) -> torch.Tensor:
+        return self.loc + self.scale * h
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I), shape [batch]."""
         return -0.5 * z.pow(2).sum(dim=-1) - 0.5 * self.dim * math.log(2.0 * math.pi)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log q(x) = log N(z; 0, I) + log|det dz/dx| with z = inverse(x), shape [batch]."""
-        z, log_det = self.inverse(x)
-        return self.base_log_prob(z) + log_det
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
-
-        The base noise is drawn from ``generator`` (on the generator's device, then moved to the
-        model's), so a seeded generator gives reproducible samples. For reparameterized gradients
-        (reverse KL training) call ``forward`` on base noise instead.
-        """
-        z = self.sample_base(n, generator=generator)
-        x, log_det = self.forward(z)
-        return x, self.base_log_prob(z) - log_det
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z ~ N(0, I) from the base distribution, [n, dim], on the model's device and dtype.
@@ -510,7 +528,7 @@ class _MixedSplineCoupling(nn.Module):
         return self._transform(inputs, inverse=True)
 
 
-class MixedSplineCouplingFlow(nn.Module):
+class MixedSplineCouplingFlow(_CouplingFlow):
     """Coupling flow over real coordinates and angles (e.g. torsions), with spline couplings.
 
     Coordinate i is an angle in radians when ``circular[i]`` is True, and real-valued otherwise.
@@ -598,40 +616,16 @@ class MixedSplineCouplingFlow(nn.Module):
         )
 
     @property
-    def config(self) -> dict:
-        """Constructor arguments (ints, floats and the list of bools ``circular``), so that
-        ``MixedSplineCouplingFlow(**config)`` followed by ``load_state_dict`` rebuilds the model."""
-        config = dict(self._config)
-        config["circular"] = list(config["circular"])
-        return config
-
-    @property
-    def dim(self) -> int:
-        return self._config["dim"]
-
-    @property
     def circular(self) -> list[bool]:
         """Which coordinates are angles (radians)."""
         return list(self._config["circular"])
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
-        log_det = z.new_zeros(z.shape[0])
-        h = z
-        for layer in self.layers:
-            h, ld = layer(h)
-            log_det = log_det + ld
-        x = torch.where(self.circular_mask, _wrap_angle(h + self.circular_loc), self.loc + self.scale * h)
-        return x, log_det + torch.log(self.scale).sum()  # scale is 1 at the angles
+    def _to_couplings(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.circular_mask, _wrap_angle(x - self.circular_loc), (x - self.loc) / self.scale)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
-        h = torch.where(self.circular_mask, _wrap_angle(x - self.circular_loc), (x - self.loc) / self.scale)
-        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
-        for layer in reversed(self.layers):
-            h, ld = layer.inverse(h)
-            log_det = log_det + ld
-        return h, log_det
+    def _from_couplings(self, h: torch.Tensor) -> torch.Tensor:
+        # scale is 1 at the angles, so the log|det| of the base class holds for them too.
+        return torch.where(self.circular_mask, _wrap_angle(h + self.circular_loc), self.loc + self.scale * h)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log of N(0, 1) per real coordinate times 1/(2π) per angle, shape [batch].
@@ -641,22 +635,6 @@ class MixedSplineCouplingFlow(nn.Module):
         gaussian = -0.5 * z.pow(2) - 0.5 * math.log(2.0 * math.pi)
         per_coordinate = torch.where(self.circular_mask, -math.log(2.0 * math.pi), gaussian)
         return per_coordinate.sum(dim=-1)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log q(x) = base_log_prob(z) + log|det dz/dx| with z = inverse(x), shape [batch]."""
-        z, log_det = self.inverse(x)
-        return self.base_log_prob(z) + log_det
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
-
-        As ``SplineCouplingFlow.sample``: reproducible with a seeded ``generator``; for
-        reparameterized gradients call ``forward`` on ``sample_base`` instead.
-        """
-        z = self.sample_base(n, generator=generator)
-        x, log_det = self.forward(z)
-        return x, self.base_log_prob(z) - log_det
 
     def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws z [n, dim] from the base distribution, on the model's device and dtype.

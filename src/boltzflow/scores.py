@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from boltzflow import training
-from boltzflow.flows import standardization, zero_output_mlp
+from boltzflow.flows import ConfiguredModule, standardization, zero_output_mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class VPSchedule:
         return dataclasses.asdict(self)
 
 
-class _ScoreNetworkBase(nn.Module):
+class _ScoreNetworkBase(ConfiguredModule):
     """What both parameterizations share: standardization, time features, the reference Gaussian.
 
     Constructor arguments:
@@ -111,18 +111,20 @@ class _ScoreNetworkBase(nn.Module):
         The ``VPSchedule`` the model is trained for (available as ``model.schedule``).
     """
 
+    #: Network outputs per sample: ``dim`` for a vector field (None), or a number (1 for a scalar energy).
+    out_features: int | None = None
+
     def __init__(
         self,
         dim: int,
-        out_features: int,
-        hidden: int,
-        n_hidden_layers: int,
-        time_frequencies: int,
-        loc: torch.Tensor | None,
-        scale: torch.Tensor | None,
-        beta_min: float,
-        beta_max: float,
-        t_min: float,
+        hidden: int = 128,
+        n_hidden_layers: int = 3,
+        time_frequencies: int = 8,
+        loc: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        t_min: float = 1e-3,
     ):
         super().__init__()
         if dim < 1 or hidden < 1 or n_hidden_layers < 1 or time_frequencies < 0:
@@ -146,17 +148,8 @@ class _ScoreNetworkBase(nn.Module):
         )
 
         # Zero output: the untrained model is exactly the reference Gaussian's score.
+        out_features = dim if self.out_features is None else self.out_features
         self.network = zero_output_mlp(dim + 1 + 2 * time_frequencies, hidden, n_hidden_layers, out_features)
-
-    @property
-    def config(self) -> dict:
-        """Constructor arguments (ints and floats), so that ``type(model)(**config)`` followed by
-        ``load_state_dict`` rebuilds the model (loc/scale come with the state dict)."""
-        return dict(self._config)
-
-    @property
-    def dim(self) -> int:
-        return self._config["dim"]
 
     def _network_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The MLP of ((x - loc) / scale, time features)."""
@@ -185,20 +178,6 @@ class UnconstrainedScore(_ScoreNetworkBase):
     See ``_ScoreNetworkBase`` for the constructor arguments.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: int = 128,
-        n_hidden_layers: int = 3,
-        time_frequencies: int = 8,
-        loc: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-        beta_min: float = 0.1,
-        beta_max: float = 20.0,
-        t_min: float = 1e-3,
-    ):
-        super().__init__(dim, dim, hidden, n_hidden_layers, time_frequencies, loc, scale, beta_min, beta_max, t_min)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ∇ₓ log p_t(x) [batch, dim] (units 1/x) at x [batch, dim], t [batch]."""
         return self.reference_score(x, t) + self._network_output(x, t) / self.scale
@@ -217,19 +196,7 @@ class ConservativeScore(_ScoreNetworkBase):
     See ``_ScoreNetworkBase`` for the constructor arguments.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: int = 128,
-        n_hidden_layers: int = 3,
-        time_frequencies: int = 8,
-        loc: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-        beta_min: float = 0.1,
-        beta_max: float = 20.0,
-        t_min: float = 1e-3,
-    ):
-        super().__init__(dim, 1, hidden, n_hidden_layers, time_frequencies, loc, scale, beta_min, beta_max, t_min)
+    out_features = 1
 
     def energy(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E_θ(x, t) [batch] (dimensionless) at x [batch, dim], t [batch]."""
