@@ -117,7 +117,7 @@ def main() -> int:
     state = context.getState(getEnergy=True, getPositions=True)
     positions = state.getPositions()
 
-    get = lambda residue, atom: atom_xyz(modeller.topology, positions, residue, atom)  # noqa: E731
+    get = lambda residue, atom: atom_xyz(modeller.topology, positions, residue, atom)
     phi = dihedral_deg(get("ACE", "C"), get("ALA", "N"), get("ALA", "CA"), get("ALA", "C"))
     psi = dihedral_deg(get("ALA", "N"), get("ALA", "CA"), get("ALA", "C"), get("NME", "N"))
     ca = get("ALA", "CA")

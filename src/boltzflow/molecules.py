@@ -118,7 +118,7 @@ def _read_pdb(pdb_path: Path) -> app.PDBFile:
     except IndexError:
         # OpenMM's reader indexes the first model's positions, which a file without atoms lacks.
         raise MoleculeError(f"{prefix}: no ATOM/HETATM records") from None
-    except Exception as error:  # noqa: BLE001 - any parse failure means the same thing to the user
+    except Exception as error:  # any parse failure means the same thing to the user
         raise MoleculeError(f"{prefix}: {_first_line(error)}") from None
     if pdb.topology.getNumAtoms() == 0:
         raise MoleculeError(f"{prefix}: no ATOM/HETATM records")
@@ -135,7 +135,7 @@ def _load_forcefield(forcefield_files: tuple[str, ...]) -> app.ForceField:
                 f"molecule.forcefield: {missing.group(1)!r} is not a force-field file OpenMM knows") from None
         raise MoleculeError(f"molecule.forcefield: cannot load {', '.join(forcefield_files)}: "
                             f"{_first_line(error)}") from None
-    except Exception as error:  # noqa: BLE001 - malformed XML and the like
+    except Exception as error:  # malformed XML and the like
         raise MoleculeError(f"molecule.forcefield: cannot load {', '.join(forcefield_files)}: "
                             f"{_first_line(error)}") from None
 
