@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
 from boltzflow.estimator_table import BY_NAME, ESTIMATORS
+from boltzflow.settings import LIKELIHOOD_PROBES
 from boltzflow.systems import config_keys, system_from_config
 
 
@@ -61,7 +62,7 @@ wildcard_constraints:
     system="|".join(config["systems"]),
     temperature=r"[0-9]+(\.[0-9]+)?",
     estimator="|".join(BY_NAME),
-    likelihood="exact|hutchinson|perturbation|perturbation_multistep",
+    likelihood="|".join(LIKELIHOOD_PROBES),
     generative="flow|score",
 
 
@@ -226,8 +227,7 @@ def score_params(wildcards):
 
 #: The score_sampling keys every likelihood estimator uses; each adds its own probe count.
 SCORE_SAMPLING_KEYS = ["n_samples", "ode_steps", "batch_size", "seed", "device"]
-PROBE_KEYS = {"exact": [], "hutchinson": ["hutchinson_probes"], "perturbation": ["perturbation_probes"],
-              "perturbation_multistep": ["perturbation_probes"]}
+PROBE_KEYS = {likelihood: [key] if key else [] for likelihood, key in LIKELIHOOD_PROBES.items()}
 
 
 def score_sampling_params(wildcards):

@@ -33,6 +33,7 @@ from torch import nn
 
 from boltzflow.coordinates import InternalCoordinates, ZMatrix
 from boltzflow.flows import MixedSplineCouplingFlow, SplineCouplingFlow
+from boltzflow.settings import LIKELIHOOD_PROBES
 
 
 def zmatrix_state(zmatrix: ZMatrix) -> dict:
@@ -246,7 +247,7 @@ class FlowLatent:
 
 
 #: How a score model's sample gets its log-density (see ``ScoreGenerator.decode``).
-LIKELIHOODS = ("exact", "hutchinson", "perturbation", "perturbation_multistep")
+LIKELIHOODS = tuple(LIKELIHOOD_PROBES)
 
 
 class ScoreGenerator(nn.Module):

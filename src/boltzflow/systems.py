@@ -318,7 +318,8 @@ class ConfigKeys:
     only those (through ``params:``) and a change reruns exactly the stages it affects.
 
     ``target``: the target density (its energy); ``cvs``: the CVs and states; ``model``: what the model
-    stages see beyond the target (a molecule's CVs, for the state populations it reports).
+    stages are given beyond the target. A molecule's model stages get its CVs and states, as they always
+    have, though none of them uses those yet: a change of states reruns its models.
     """
 
     target: tuple[str, ...]
