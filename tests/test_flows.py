@@ -14,6 +14,7 @@ import torch
 
 from boltzflow.flows import SplineCouplingFlow, rational_quadratic_spline
 from boltzflow.training import train_flow
+from resume_helpers import train_killed_and_resumed
 
 torch.set_num_threads(1)
 
@@ -318,24 +319,9 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
         torch.manual_seed(99)
         return SplineCouplingFlow(2, n_layers=2, hidden=8)
 
-    reference = fresh()
-    expected = train_flow(reference, data, log=_silent, **settings)
-
-    class Killed(Exception):
-        pass
-
-    def die_at_step_25(message):
-        if "step 25/40" in message:
-            raise Killed
-
     checkpoint = tmp_path / "flow.checkpoint"
-    with pytest.raises(Killed):
-        train_flow(fresh(), data, log=die_at_step_25, checkpoint_path=checkpoint, **settings)
-    assert checkpoint.exists()
-
-    messages = []
-    resumed = fresh()
-    curves = train_flow(resumed, data, log=messages.append, checkpoint_path=checkpoint, **settings)
+    reference, expected, resumed, curves, messages = train_killed_and_resumed(
+        lambda model, **kw: train_flow(model, data, **kw, **settings), fresh, checkpoint)
     assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
     assert not checkpoint.exists()
     for key in expected:

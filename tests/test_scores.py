@@ -19,6 +19,7 @@ from boltzflow.scores import (
     denoising_score_matching_loss,
     train_score_model,
 )
+from resume_helpers import train_killed_and_resumed
 
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COVARIANCE = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
@@ -196,25 +197,9 @@ def test_interrupted_score_training_resumes_bit_for_bit(model_class, tmp_path):
         _randomize_output_layer(model, 2)  # so that every layer trains from the first step
         return model
 
-    reference = fresh()
-    expected = train_score_model(reference, data, schedule, log=lambda _: None, **settings)
-
-    class Killed(Exception):
-        pass
-
-    def die_at_step_25(message):
-        if "step 25/40" in message:
-            raise Killed
-
     checkpoint = tmp_path / "score.checkpoint"
-    with pytest.raises(Killed):
-        train_score_model(fresh(), data, schedule, log=die_at_step_25, checkpoint_path=checkpoint, **settings)
-    assert checkpoint.exists()
-
-    messages = []
-    resumed = fresh()
-    records = train_score_model(resumed, data, schedule, log=messages.append, checkpoint_path=checkpoint,
-                                **settings)
+    reference, expected, resumed, records, messages = train_killed_and_resumed(
+        lambda model, **kw: train_score_model(model, data, schedule, **kw, **settings), fresh, checkpoint)
     assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
     assert not checkpoint.exists()
     assert list(records) == ["step", "loss", "learning_rate"]
