@@ -50,6 +50,31 @@ rule reweight:
         "../workflow/scripts/reweight.py"
 
 
+# ---------------------------------------------------------------- the exact answer of 2D systems
+
+
+rule quadrature:
+    """The exact state free energies, ln Z, profiles and surface of a 2D system by quadrature."""
+    input:
+        observables="results/{system}/analysis/mbar_observables.nc",
+    output:
+        estimates="results/{system}/analysis/estimates_quadrature.nc",
+    params:
+        settings=quadrature_params,
+    log:
+        "results/{system}/logs/quadrature.log",
+    benchmark:
+        "results/{system}/benchmarks/quadrature.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    script:
+        "../workflow/scripts/quadrature.py"
+
+
 # ---------------------------------------------------------------- summary: every estimator against MBAR
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
-from boltzflow.estimator_table import BY_NAME, ESTIMATORS
+from boltzflow.estimator_table import BY_NAME, ESTIMATORS, QUADRATURE
 from boltzflow.settings import LIKELIHOOD_PROBES
 from boltzflow.systems import config_keys, system_from_config
 
@@ -96,8 +96,11 @@ def molecule_pdb(wildcards):
 
 
 def estimate_files(wildcards):
-    return [f"results/{wildcards.system}/analysis/estimates_{name}.nc"
-            for name in enabled_estimators(wildcards.system)]
+    """The model estimators' estimates and, where the density can be integrated, the exact answer."""
+    names = enabled_estimators(wildcards.system)
+    if SYSTEMS[wildcards.system].exact_quadrature:
+        names = [QUADRATURE.name, *names]
+    return [f"results/{wildcards.system}/analysis/estimates_{name}.nc" for name in names]
 
 
 def estimator_benchmarks(wildcards):
@@ -108,7 +111,7 @@ def estimator_benchmarks(wildcards):
 def estimator_costs(wildcards):
     """Per estimator, the benchmark files whose CPU seconds it costs (the raw model: without reweighting)."""
     folder = f"results/{wildcards.system}/benchmarks"
-    costs = {}
+    costs = {QUADRATURE.name: [f"{folder}/quadrature.tsv"]} if SYSTEMS[wildcards.system].exact_quadrature else {}
     for name in enabled_estimators(wildcards.system):
         model = [f"{folder}/{rule}.tsv" for rule in BY_NAME[name].jobs]
         costs[name] = model + [f"{folder}/reweight_{name}.tsv"]
@@ -256,7 +259,17 @@ def reweight_params(wildcards):
     system = _system(wildcards)
     return {
         "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
-        "analysis": {key: system["analysis"][key] for key in ("bootstrap", "seed", "trim_fraction")},
+        "analysis": {key: system["analysis"][key] for key in system["analysis"] if key != "bins"},
+    }
+
+
+def quadrature_params(wildcards):
+    """The system and the analysis keys the exact answer uses (its KL/JS at the common sample count)."""
+    system = _system(wildcards)
+    keys = ("seed", "divergence_samples", "divergence_repeats")
+    return {
+        "system": {**_target(system, system["temperatures"][:1]), **_cvs(system)},
+        "analysis": {key: system["analysis"][key] for key in keys},
     }
 
 

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "boltzflow"
 
 # Import name -> conda-forge package name, where they differ.
-CONDA_NAME = {"torch": "pytorch", "netCDF4": "netcdf4", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+CONDA_NAME = {"torch": "pytorch", "netCDF4": "netcdf4", "yaml": "pyyaml", "sklearn": "scikit-learn",
+              "arviz_stats": "arviz-stats"}
 # Packages needed at run time without an import statement naming them.
 IMPLICIT = {"boltzflow.io": {"netcdf4"}}  # xarray's engine="netcdf4"
 STDLIB = set(sys.stdlib_module_names)

@@ -37,8 +37,12 @@ class Estimator:
 
 
 BOOTSTRAP = "bootstrap over samples"
+REPLICATES = "spread of independent runs (smc.replicates)"
 REFERENCE = Estimator("mbar", "MD (MBAR)", None, (), weighted=True, raw_companion=False,
                       error="MBAR asymptotic, on the decorrelated subsample")
+#: The exact answer of systems whose density can be integrated on a grid (``system.exact_quadrature``).
+QUADRATURE = Estimator("quadrature", "exact (quadrature)", None, ("quadrature",), weighted=False, raw_companion=False,
+                       error="discretization: difference to half the grid resolution")
 
 #: The model estimators, in the order of the summary and the figures.
 ESTIMATORS = (
@@ -51,9 +55,9 @@ ESTIMATORS = (
     Estimator("score_perturbation_multistep", "score, FP++ (multi-step)", "score",
               ("train_score", "sample_score_perturbation_multistep"), True, False, BOOTSTRAP),
     Estimator("flow_smc", "flow + SMC", "flow", ("train_flow", "smc_flow"), True, False,
-              "bootstrap over final particles"),
+              REPLICATES),
     Estimator("score_smc", "score + SMC", "score", ("train_score", "smc_score"), True, False,
-              "bootstrap over final particles"),
+              REPLICATES),
     Estimator("flow_mcmc", "flow + MCMC", "flow", ("train_flow", "sample_flow", "flow_mcmc"), False, False,
               "bootstrap over whole chains"),
 )
@@ -62,8 +66,8 @@ BY_NAME = {estimator.name: estimator for estimator in ESTIMATORS}
 
 def label(name: str) -> str:
     """The figure label of an estimator or of its ``_raw`` companion ("flow, unweighted")."""
-    if name == REFERENCE.name:
-        return REFERENCE.label
+    if name in (REFERENCE.name, QUADRATURE.name):
+        return REFERENCE.label if name == REFERENCE.name else QUADRATURE.label
     base = name.removesuffix("_raw")
     if base != name and base in BY_NAME:
         return f"{BY_NAME[base].model}, unweighted"

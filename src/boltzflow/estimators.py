@@ -224,3 +224,85 @@ def bootstrap(statistic, log_w: np.ndarray, replicates: int, seed: int, groups: 
     with np.errstate(invalid="ignore"):
         error = np.nanstd(values, axis=0, ddof=1) if replicates > 1 else np.full_like(estimate, np.nan)
     return BootstrapResult(estimate, error)
+
+
+# ---------------------------------------------------------------- diagnostics of importance weights
+
+
+def effective_samples(log_w: np.ndarray) -> float:
+    """Kish effective number of samples (Σw)² / Σw² of the finite log-weights (0 with none)."""
+    log_w = np.asarray(log_w, dtype=float)
+    finite = log_w[np.isfinite(log_w)]
+    if len(finite) == 0:
+        return 0.0
+    return float(np.exp(2 * logsumexp(finite) - logsumexp(2 * finite)))
+
+
+def binned_effective_samples(index: np.ndarray, log_w: np.ndarray, n_bins: int) -> np.ndarray:
+    """Kish effective number of samples in each bin, for integer bin indices (outside [0, n_bins): ignored)."""
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    inside = (index >= 0) & (index < n_bins) & np.isfinite(log_w)
+    if not inside.any():
+        return np.zeros(n_bins)
+    shift = log_w[inside].max()
+    w = np.exp(log_w[inside] - shift)
+    total = np.bincount(index[inside], weights=w, minlength=n_bins)
+    squares = np.bincount(index[inside], weights=w * w, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(squares > 0, total * total / squares, 0.0)
+
+
+def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The bin of each value for ``np.histogram``'s convention (last bin closed); -1 outside."""
+    index = np.searchsorted(edges, values, side="right") - 1
+    index[values == edges[-1]] = len(edges) - 2
+    index[(values < edges[0]) | (values > edges[-1]) | ~np.isfinite(values)] = -1
+    return index
+
+
+def resampled_divergences(reference: np.ndarray, model_probability: np.ndarray, n_draws: int, repeats: int,
+                          seed: int) -> tuple[float, float]:
+    """(KL, JS) in nats between the ``reference`` histogram and histograms of ``n_draws`` draws from the
+    bin probabilities ``model_probability``, averaged over ``repeats`` draws.
+
+    The plug-in KL/JS of a histogram are biased upwards by a term that shrinks with the number of samples,
+    so estimators with more samples would look better for that reason alone. Drawing the same number of
+    samples from every estimator's (weighted) histogram puts them on an equal footing: each is compared at
+    ``n_draws`` samples, and a perfect sampler scores the noise floor of that sample count.
+    """
+    probability = np.nan_to_num(np.asarray(model_probability, dtype=float), nan=0.0).ravel()
+    if probability.sum() <= 0:
+        return np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    values = [histogram_divergences(reference, rng.multinomial(n_draws, probability / probability.sum()))
+              for _ in range(repeats)]
+    return float(np.mean([v[0] for v in values])), float(np.mean([v[1] for v in values]))
+
+
+def replicate_spread(statistic, log_w: np.ndarray, replicate: np.ndarray) -> BootstrapResult:
+    """Estimate from all samples of independent runs pooled, standard error from the runs' spread.
+
+    ``replicate`` labels the run of each sample. Each run's estimate is ``statistic`` of its own samples
+    (the others' weights set to zero); the standard error of the pooled estimate is their standard deviation
+    over √R. A run whose value is not finite where the pooled one is (a state it missed) makes the error
+    infinite: the runs disagree beyond what a finite error can describe. With one run the error is NaN.
+    """
+    estimate = np.asarray(statistic(log_w), dtype=float)
+    labels = np.unique(replicate)
+    values = np.array([statistic(np.where(replicate == label, log_w, -np.inf)) for label in labels], dtype=float)
+    if len(labels) < 2:
+        return BootstrapResult(estimate, np.full_like(estimate, np.nan))
+    with np.errstate(invalid="ignore"):
+        error = np.std(values, axis=0, ddof=1) / np.sqrt(len(labels))
+    missed = ~np.isfinite(values).all(axis=0) & np.isfinite(estimate)
+    error[missed] = np.inf
+    return BootstrapResult(estimate, error)
+
+
+def first_occurrences(positions: np.ndarray) -> np.ndarray:
+    """True for the first of each set of identical samples (resampled or rejected copies count once)."""
+    flat = np.ascontiguousarray(np.asarray(positions).reshape(len(positions), -1))
+    _, first = np.unique(flat, axis=0, return_index=True)
+    mask = np.zeros(len(flat), dtype=bool)
+    mask[first] = True
+    return mask

@@ -146,12 +146,20 @@ class MCMCSettings:
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """The ``analysis`` block: histogram bins, bootstrap replicates and seed, trimmed-ESS fraction."""
+    """The ``analysis`` block: histogram bins, bootstrap replicates and seed, trimmed-ESS fraction, the
+    thresholds of the reliability verdict (``reliability.verdict``) and the common sample count of the
+    KL/JS divergences."""
 
     bins: int = 50
     bootstrap: int = 200
     seed: int = 0
     trim_fraction: float = 0.002
+    max_pareto_k: float = 0.7
+    min_ess: float = 50.0
+    min_state_ess: float = 20.0
+    max_integrator_error_fraction: float = 0.5
+    divergence_samples: int = 2000
+    divergence_repeats: int = 10
 
 
 @dataclass(frozen=True)

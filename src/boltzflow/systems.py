@@ -57,6 +57,9 @@ class Target(Protocol):
     def target_temperature_k(self) -> float: ...
     #: "langevin" (independent walkers at each temperature) or "replica_exchange" (over the whole ladder).
     md_method: str
+    #: True if positions are the CVs of a 2D density that ``reduced_energy`` (numpy [n, 2] → [n]) can
+    #: integrate on a grid (``stages.quadrature``): the run then carries the exact answer.
+    exact_quadrature: bool
     #: Dimensions and coordinates of one sample's positions; long names of positions, ln q and ln Z (what
     #: the density and the partition function are over).
     position_dims: tuple[str, ...]
@@ -101,6 +104,8 @@ class Toy2DSystem:
     expression: Expression = field(init=False, repr=False, compare=False)
 
     md_method = "langevin"
+    #: Its density can be integrated on a grid: the run carries the exact answer (estimator ``quadrature``).
+    exact_quadrature = True
     cv_units = "nm"
     position_dims = ("cv",)
     positions_long_name = "model sample"
@@ -216,6 +221,7 @@ class MoleculeSystem:
     states: tuple[StateBox, ...]
 
     md_method = "replica_exchange"
+    exact_quadrature = False
     position_dims = ("atom", "spatial")
     position_coords = {"spatial": ["x", "y", "z"]}
     positions_long_name = "model sample, Cartesian, canonical frame"

@@ -62,3 +62,8 @@ def weighted_samples_dataset(system, positions, log_w, u, log_w_long_name: str) 
     dataset["log_q"].attrs["long_name"] = "not defined for this sampler (NaN)"
     dataset.attrs["n_nonfinite"] = int(np.sum(~np.isfinite(log_w)))
     return dataset
+
+
+def surface_effective_name(system) -> str:
+    """Variable name of the effective samples per bin of the 2D surface: n_eff_xy, n_eff_phipsi, ..."""
+    return "n_eff_" + "".join(system.cvs[:2])

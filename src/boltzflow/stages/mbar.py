@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow import estimators
-from boltzflow.stages.datasets import grid_coords, independent_samples, surface_name, variable
+from boltzflow.stages.datasets import grid_coords, independent_samples, surface_effective_name, surface_name, variable
 from boltzflow.units import kt_kj_mol
 
 
@@ -63,6 +63,11 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
         coords=grid_coords(system, edges),
     )
     log_w_target = np.log(mbar.weights()[:, 0])
+    # Effective samples per state and bin from the decorrelated subsample (all frames would overcount).
+    decorrelated_log_w = log_w_target
+    observables["n_eff_state"] = variable("state", [
+        estimators.effective_samples(np.where(state.contains(subsample_cvs), decorrelated_log_w, -np.inf))
+        for state in system.states], "1", "Kish effective samples of the MBAR weights in the state (decorrelated frames)")
     if sum(ds.sizes["sample"] for ds in all_frames) > n_k.sum():
         energies_all = np.concatenate([ds["energy"].values for ds in all_frames])
         u_all = energies_all[None, :] / kt_kj_mol(temperatures)[:, None]
@@ -74,11 +79,21 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
         profile, error = estimators.mbar_profile(mbar, u_target, subsample_cvs[cv], edges[cv])
         if len(log_w_target) > len(u_target):
             profile = estimators.weighted_profile(cvs[cv], log_w_target, edges[cv])
-        observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile along {cv}")
+        observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile -ln(p / bin width) along {cv}")
         observables[f"dF_{cv}"] = variable(cv, error, "kT", f"standard error of F_{cv} (MBAR, decorrelated samples)")
+        index = estimators.bin_index(subsample_cvs[cv], edges[cv])
+        observables[f"n_eff_{cv}"] = variable(cv, estimators.binned_effective_samples(
+            index, decorrelated_log_w, len(edges[cv]) - 1), "1", "Kish effective samples in the bin (decorrelated frames)")
     first, second = system.cvs[:2]
     surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
     observables[surface_name(system)] = variable(system.cvs[:2], surface, "kT",
-                                             f"free-energy surface -ln p({first}, {second})")
+                                             f"free-energy surface -ln(p / bin area) over ({first}, {second})")
+    n_first, n_second = len(edges[first]) - 1, len(edges[second]) - 1
+    index_first = estimators.bin_index(subsample_cvs[first], edges[first])
+    index_second = estimators.bin_index(subsample_cvs[second], edges[second])
+    flat = np.where((index_first >= 0) & (index_second >= 0), index_first * n_second + index_second, -1)
+    observables[surface_effective_name(system)] = variable(system.cvs[:2], estimators.binned_effective_samples(
+        flat, decorrelated_log_w, n_first * n_second).reshape(n_first, n_second), "1",
+        "Kish effective samples in the bin (decorrelated frames)")
     observables.attrs["n_samples"] = int(n_k.sum())
     return ladder, observables

@@ -1,0 +1,176 @@
+"""Honest numbers: PSIS k̂ on weights of known tail index, effective sample counts, errors from independent
+runs, the reliability verdict, quadrature against closed forms, and KL/JS at a common sample count."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy.special import erf
+
+from boltzflow import estimators
+from boltzflow.reliability import Diagnostics, pareto_k, verdict
+from boltzflow.settings import AnalysisSettings
+from boltzflow.stages.datasets import grid_coords, samples_dataset
+from boltzflow.stages.quadrature import QuadratureError, quadrature_stage
+from boltzflow.stages.reweight import reweight_stage
+from boltzflow.stages.summary import summary_stage, summary_table
+from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
+
+SETTINGS = AnalysisSettings(bootstrap=50)
+
+
+@pytest.mark.parametrize("k", [0.3, 0.9, 1.4])
+def test_pareto_k_recovers_the_tail_index_of_pareto_weights(k):
+    # w = U^(-k) has a generalized Pareto tail with shape k exactly (survival function w^(-1/k)).
+    u = np.random.default_rng(int(10 * k)).uniform(size=20000)
+    estimate = pareto_k(-k * np.log(u))
+    assert abs(estimate - k) < 0.2
+    assert (estimate > 0.7) == (k > 0.7)
+
+
+def test_pareto_k_reads_the_upper_tail_only():
+    # A long lower tail of log-weights (bounded weights) is harmless: k̂ must be negative, not large.
+    u = np.random.default_rng(0).uniform(size=20000)
+    assert pareto_k(3.0 * np.log(u)) < 0
+    assert pareto_k(np.r_[np.zeros(50), -np.inf]) == -np.inf
+    assert np.isnan(pareto_k(np.zeros(5)))
+
+
+def test_effective_samples_count_weight_per_bin():
+    log_w = np.array([0.0, 0.0, np.log(2.0), -np.inf, np.log(4.0)])
+    index = np.array([0, 0, 1, 1, -1])
+    n_eff = estimators.binned_effective_samples(index, log_w, 3)
+    np.testing.assert_allclose(n_eff, [2.0, 1.0, 0.0])  # bin 1: (2 + 0)² / 4 = 1; outside ignored
+    assert estimators.effective_samples(np.log([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
+    assert estimators.effective_samples(np.full(3, -np.inf)) == 0.0
+    copies = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 3.0]])
+    np.testing.assert_array_equal(estimators.first_occurrences(copies).sum(), 2)
+
+
+def test_replicate_spread_is_the_standard_error_of_the_pooled_mean():
+    # Each "run" estimates ln mean w from its own samples; the spread over runs / √R is the error of the mean.
+    rng = np.random.default_rng(3)
+    runs, n = 8, 400
+    log_w = rng.normal(size=runs * n) * 0.3
+    replicate = np.repeat(np.arange(runs), n)
+    result = estimators.replicate_spread(lambda lw: [estimators.log_partition_function(lw)], log_w, replicate)
+    per_run = [estimators.log_partition_function(log_w[replicate == r]) for r in range(runs)]
+    assert result.standard_error[0] == pytest.approx(np.std(per_run, ddof=1) / np.sqrt(runs))
+    assert result.estimate[0] == pytest.approx(estimators.log_partition_function(log_w))
+    # A run that never visits a state makes that state's error infinite, not small.
+    masks = [np.ones(runs * n, bool), replicate != 0]
+    missed = estimators.replicate_spread(
+        lambda lw: [estimators.log_partition_function(np.where(m, lw, -np.inf)) for m in masks], log_w, replicate)
+    assert np.isfinite(missed.standard_error[0]) and missed.standard_error[1] == np.inf
+
+
+def _diagnostics(**changes):
+    base = dict(delta_f=np.array([0.0, 1.0]), delta_f_err=np.array([0.0, 0.1]), pareto_k=0.3,
+                pareto_k_state=np.array([0.2, 0.2]), ess=1000.0, n_eff_state=np.array([500.0, 500.0]),
+                integrator_error=np.zeros(2))
+    return Diagnostics(**{**base, **changes})
+
+
+@pytest.mark.parametrize("changes, states, fragment", [
+    ({}, [True, True], ""),
+    ({"pareto_k": 0.71}, [False, False], "PSIS k̂ 0.71 > 0.7"),
+    ({"ess": 49.0}, [False, False], "ESS 49.0 < 50"),
+    ({"n_eff_state": np.array([500.0, 19.0])}, [True, False], "19.0 effective samples in B < 20"),
+    ({"n_eff_state": np.array([19.0, 500.0])}, [False, False], "effective samples in A"),
+    ({"n_eff_state": np.array([500.0, 0.0])}, [True, False], "no weighted sample in B"),
+    ({"pareto_k_state": np.array([0.2, 0.9])}, [True, False], "PSIS k̂ 0.90 in B"),
+    ({"integrator_error": np.array([0.0, 0.06])}, [True, False], "integrator bias"),
+    ({"integrator_error": np.array([0.0, 0.04])}, [True, True], ""),
+    ({"delta_f_err": np.array([0.0, np.inf])}, [True, False], "not finite"),
+    ({"biased": "unweighted model"}, [False, False], "unweighted model"),
+])
+def test_verdict_fails_exactly_the_checks_at_their_thresholds(changes, states, fragment):
+    reliable, reasons = verdict(_diagnostics(**changes), ["A", "B"], SETTINGS)
+    assert reliable.tolist() == states
+    assert fragment in reasons[1 if not states[1] else 0] if fragment else reasons == ["", ""]
+
+
+def _gaussian_system(spring=300.0):
+    states = (StateBox("left", {"x": (-np.inf, 0.1), "y": (-np.inf, np.inf)}),
+              StateBox("right", {"x": (0.1, np.inf), "y": (-np.inf, np.inf)}))
+    return Toy2DSystem("harmonic", f"0.5*{spring}*(x^2 + y^2)", (300.0,), states,
+                       bounds={"x": (-0.3, 0.3), "y": (-0.3, 0.3)})
+
+
+def _observables(system, bins=20):
+    edges = {cv: np.linspace(*system.bounds[cv], bins + 1) for cv in system.cvs}
+    observables = xr.Dataset(coords=grid_coords(system, edges))
+    observables["F_xy"] = (("x", "y"), np.zeros((bins, bins)))
+    return observables
+
+
+def test_quadrature_matches_the_gaussian_closed_form():
+    spring = 300.0
+    system = _gaussian_system(spring)
+    sigma = np.sqrt(kt_kj_mol(300.0) / spring)
+    estimates = quadrature_stage(system, _observables(system), SETTINGS, log=lambda _: None)
+    p_right = 0.5 * (1 - erf(0.1 / (sigma * np.sqrt(2))))
+    expected = -np.log(p_right / (1 - p_right))
+    # The midpoint rule's error is O(h²); the reported error (difference to half the resolution, about 3x
+    # the error for an O(h²) rule) must cover it and stay small.
+    error = estimates["delta_f_err"].values[0, 1]
+    assert abs(estimates["delta_f"].values[0, 1] - expected) <= error + 1e-12 < 2e-3
+    assert abs(estimates["log_z"].values[0] - np.log(2 * np.pi * sigma ** 2)) <= estimates["log_z_err"].values[0] + 1e-12 < 2e-3
+    # The profile is -ln of the bin-averaged Gaussian density.
+    centre = estimates["x"].values[10]
+    density = np.exp(-centre ** 2 / (2 * sigma ** 2)) / np.sqrt(2 * np.pi * sigma ** 2)
+    assert estimates["F_x"].values[0, 10] == pytest.approx(-np.log(density), abs=0.01)
+
+
+def test_quadrature_refuses_an_energy_unbounded_below():
+    states = (StateBox("all", {"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)}),)
+    system = Toy2DSystem("hill", "-x^2-y^2", (300.0,), states, bounds={"x": (-1, 1), "y": (-1, 1)})
+    with pytest.raises(QuadratureError, match="does not vanish"):
+        quadrature_stage(system, _observables(system, 10), SETTINGS, log=lambda _: None)
+
+
+def _weighted_gaussian_samples(system, n, scale, seed):
+    """Samples of a Gaussian proposal of width scale·σ with their exact ln q and target u."""
+    sigma = np.sqrt(kt_kj_mol(300.0) / 300.0) * scale
+    x = np.random.default_rng(seed).normal(scale=sigma, size=(n, 2))
+    log_q = -0.5 * (x ** 2).sum(1) / sigma ** 2 - np.log(2 * np.pi * sigma ** 2)
+    return samples_dataset(system, x, log_q, system.reduced_energy(x))
+
+
+def test_summary_marks_a_heavy_tailed_proposal_unreliable_and_a_good_one_reliable():
+    system = _gaussian_system()
+    observables = _observables(system)
+    observables["delta_f"] = ("state", [0.0, 1.0])
+    observables["delta_f_err"] = ("state", [0.0, 0.05])
+    observables["n_eff_state"] = ("state", [1000.0, 1000.0])
+    observables.attrs["n_samples"] = 2000
+    quiet = lambda _: None  # noqa: E731
+    good = reweight_stage(system, _weighted_gaussian_samples(system, 4000, 1.3, 1), observables, "flow", SETTINGS, quiet)
+    # A proposal narrower than the target: weights exp(+x²) grow without bound, k̂ > 0.7.
+    bad = reweight_stage(system, _weighted_gaussian_samples(system, 4000, 0.5, 2), observables, "score_exact",
+                         SETTINGS, quiet)
+    exact = quadrature_stage(system, observables, SETTINGS, quiet)
+    summary, profiles, surface = summary_stage(system, observables, [exact, good, bad], {}, SETTINGS)
+    reliable = summary["reliable"].astype(bool)
+    assert reliable.sel(estimator="flow").all() and not reliable.sel(estimator="score_exact").any()
+    assert not reliable.sel(estimator="flow_raw").any()
+    assert summary.attrs["reference"] == "quadrature"
+    assert abs(float(summary["z_score"].sel(estimator="flow", state="right"))) < 3
+    assert summary["pareto_k"].sel(estimator="score_exact") > 0.7
+    table = summary_table(summary)
+    assert table["reliable"].dtype == bool and "PSIS" in table.set_index("estimator").loc["score_exact", "unreliable_reason"].iloc[0]
+    assert np.isinf(profiles["n_eff_x"].sel(estimator="quadrature")).all()
+    assert (surface["n_eff_xy"].sel(estimator="flow") >= 0).all()
+
+
+def test_divergences_at_a_common_sample_count_do_not_favour_more_samples():
+    # Two perfect samplers of one histogram, one with 50x more samples: the plug-in JS of the smaller
+    # is far larger; drawn at a common count, both score the same noise floor.
+    rng = np.random.default_rng(0)
+    truth = rng.dirichlet(np.ones(100))
+    small, large = rng.multinomial(500, truth), rng.multinomial(25000, truth)
+    plug_in = [estimators.histogram_divergences(truth, h)[1] for h in (small, large)]
+    assert plug_in[0] > 5 * plug_in[1]
+    common = [estimators.resampled_divergences(truth, h, 500, 50, seed=1)[1] for h in (small, large)]
+    floor = estimators.resampled_divergences(truth, truth, 500, 50, seed=1)[1]
+    assert common[1] == pytest.approx(floor, rel=0.15)
+    assert common[0] < 2.2 * floor  # the small sample's own noise on top of the common floor
