@@ -100,11 +100,13 @@ class ScoreSamplingSettings:
     """The ``score_sampling`` block: probability-flow ODE samples with log q by one likelihood estimator.
 
     A stage gets only its own estimator's probe count (so that changing the other's does not rerun it):
-    the other is None.
+    the other is None. ``integrator_check_samples`` latents are integrated again at ``ode_steps`` and
+    2 × ``ode_steps`` to measure the integrator's error (``boltzflow.integrator_check``; 0 disables it).
     """
 
     n_samples: int = 20000
     ode_steps: int = 20
+    integrator_check_samples: int = 256
     batch_size: int = 2000
     seed: int = 0
     device: str = "auto"

@@ -26,7 +26,8 @@ def latent_model(generative: str, path, device: str, score_sampling: ScoreSampli
     if generative == "flow":
         return FlowLatent(load_flow(path).to(device))
     model = load_score(path).double().to(device)
-    return ScoreLatent(model, likelihood, score_sampling.ode_steps, score_sampling.probes(likelihood))
+    return ScoreLatent(model, likelihood, score_sampling.ode_steps, score_sampling.probes(likelihood),
+                       integrator_check_samples=score_sampling.integrator_check_samples)
 
 
 def smc_stage(system, model, settings: SMCSettings, log=print, energy_workers: int = 1) -> xr.Dataset:
@@ -44,6 +45,9 @@ def smc_stage(system, model, settings: SMCSettings, log=print, energy_workers: i
 
     with system.energy(energy_workers) as energy:
         result = run_smc_replicates(model.decode, energy, model.latent_dim, settings, log=log)
+        # A score model's weights come from its ODE likelihood: measure that integrator's error too
+        # (at β = 1 SMC targets the same tilted distribution as importance sampling with those weights).
+        check = model.check_integrator(system, energy, log=log) if hasattr(model, "check_integrator") else None
     dataset = weighted_samples_dataset(system, result.positions, result.log_w, result.reduced_energy,
                                        "SMC log weight (log-mean-exp within a replicate = its ln Z estimate)")
     # The ``replicate`` dimension has no index: that name is the per-particle label, a (non-index) coordinate
@@ -64,6 +68,10 @@ def smc_stage(system, model, settings: SMCSettings, log=print, energy_workers: i
                           "smc_log_z": result.pooled_log_z,
                           "resamplings": int(sum(run.resamplings for run in result.runs)),
                           "replicates": settings.replicates, "particles_per_replicate": settings.n_particles})
+    if check is not None:
+        from boltzflow.stages.score import with_integrator_check
+
+        dataset = with_integrator_check(dataset, system, check)
     return dataset
 
 
