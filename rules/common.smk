@@ -229,7 +229,7 @@ def score_params(wildcards):
 
 
 #: The score_sampling keys every likelihood estimator uses; each adds its own probe count.
-SCORE_SAMPLING_KEYS = ["n_samples", "ode_steps", "batch_size", "seed", "device"]
+SCORE_SAMPLING_KEYS = ["n_samples", "ode_steps", "batch_size", "seed", "device", "integrator_check_samples"]
 PROBE_KEYS = {likelihood: [key] if key else [] for likelihood, key in LIKELIHOOD_PROBES.items()}
 
 
@@ -247,7 +247,7 @@ def smc_params(wildcards):
         return {"smc": smc, "model": {"device": system["sampling"]["device"]}}
     sampling = system["score_sampling"]
     likelihood = system["smc"]["score_likelihood"]
-    model = {key: sampling[key] for key in ["ode_steps", "device"] + PROBE_KEYS[likelihood]}
+    model = {key: sampling[key] for key in ["ode_steps", "device", "integrator_check_samples"] + PROBE_KEYS[likelihood]}
     return {"smc": system["smc"], "model": model}
 
 

@@ -1,4 +1,4 @@
-"""Latent-space SMC and independence Metropolis against quadrature on a 2D double well."""
+"""Latent-space SMC (single runs and independent replicates) and independence Metropolis against quadrature on a 2D double well."""
 
 import math
 
@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from boltzflow.io import read_netcdf, write_netcdf
 from boltzflow.samplers import independence_metropolis
 from boltzflow.settings import SMCSettings
-from boltzflow.smc import run_smc, systematic_resample
+from boltzflow.smc import replicate_seeds, run_smc, run_smc_replicates, systematic_resample
+from boltzflow.stages.samplers import smc_stage
+from boltzflow.systems import system_from_config
 
 # These checks are in float64 (the fixture restores the default dtype for the other modules).
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -72,6 +75,61 @@ def test_smc_raises_ess_over_importance_sampling_and_matches_quadrature():
     error = np.std(delta_f, ddof=1) / 2
     assert abs(np.mean(delta_f) - truth) < 3 * error + 0.05, (delta_f, truth)
     assert abs(np.mean(log_z) - log_z_truth) < 0.05, (log_z, log_z_truth)
+
+
+def test_smc_replicates_are_independent_and_their_pooled_log_z_matches_quadrature():
+    truth, log_z_truth = quadrature()
+    model = GaussianModel()
+    settings = SMCSettings(n_particles=500, replicates=6, moves_per_level=5, seed=3)
+    result = run_smc_replicates(model.decode, reduced_energy, model.latent_dim, settings, log=lambda message: None)
+    seeds = replicate_seeds(3, 6)
+    assert result.seeds == seeds and len(set(seeds)) == 6
+    assert replicate_seeds(4, 6)[0] not in seeds  # another base seed, other streams
+    # Different seeds: no particle of one replicate coincides with one of another (continuous latents).
+    positions = [run.positions for run in result.runs]
+    for a in range(6):
+        for b in range(a + 1, 6):
+            distance = np.abs(positions[a][:, None, :] - positions[b][None, :, :]).sum(-1)
+            assert distance.min() > 0, (a, b)
+    # Within each replicate the stored weights average to its own ln Z; pooled, to ln mean_r Z_r.
+    replicate = result.replicate
+    np.testing.assert_array_equal(np.bincount(replicate), [500] * 6)
+    for r in range(6):
+        log_w = result.log_w[replicate == r]
+        assert math.log(np.mean(np.exp(log_w))) == pytest.approx(result.log_z[r])
+    assert math.log(np.mean(np.exp(result.log_w))) == pytest.approx(result.pooled_log_z)
+    assert result.pooled_log_z == pytest.approx(math.log(np.mean(np.exp(result.log_z))))
+    # The replicates disagree (independent noise), and the truth lies within their spread.
+    spread = np.std(result.log_z, ddof=1)
+    assert spread > 1e-3, result.log_z
+    assert abs(result.pooled_log_z - log_z_truth) < 3 * spread / math.sqrt(6) + 0.02, (result.log_z, log_z_truth)
+    delta_f = [weighted_delta_f(result.positions[replicate == r], result.log_w[replicate == r]) for r in range(6)]
+    assert abs(np.mean(delta_f) - truth) < 3 * np.std(delta_f, ddof=1) / math.sqrt(6) + 0.03, (delta_f, truth)
+    # Per-level records: one row per replicate, NaN-padded to the longest run.
+    betas = result.per_level("betas")
+    assert betas.shape == (6, max(len(run.betas) - 1 for run in result.runs))
+    for r, run in enumerate(result.runs):
+        np.testing.assert_array_equal(betas[r, :len(run.betas) - 1], run.betas[1:])
+        assert np.isnan(betas[r, len(run.betas) - 1:]).all() and run.betas[-1] == 1.0
+
+
+def test_smc_samples_file_pools_the_replicates_with_their_labels_and_log_z(tmp_path):
+    system = system_from_config("well", {"type": "toy2d", "energy": "3*(x^2 - 1)^2 - 0.5*x + 2*y^2",
+                                         "temperatures": [120.27], "states": {"left": {"x": [-3, 0]}, "right": {"x": [0, 3]}}})
+    dataset = smc_stage(system, GaussianModel(), SMCSettings(n_particles=200, replicates=3, moves_per_level=2),
+                        log=lambda message: None)
+    write_netcdf(dataset, tmp_path / "smc.nc")
+    samples = read_netcdf(tmp_path / "smc.nc")
+    replicate = samples["replicate"].values
+    np.testing.assert_array_equal(replicate, np.repeat([0, 1, 2], 200))
+    log_w = samples["log_w"].values
+    for r in range(3):
+        assert math.log(np.mean(np.exp(log_w[replicate == r]))) == pytest.approx(float(samples["replicate_log_z"][r]))
+    assert samples.attrs["smc_log_z"] == pytest.approx(math.log(np.mean(np.exp(log_w))))
+    assert samples["beta"].dims == ("replicate", "level") and samples["beta"].shape[0] == 3
+    assert np.nanmax(samples["beta"].values, axis=1) == pytest.approx([1.0] * 3)
+    assert all("units" in samples[name].attrs and "long_name" in samples[name].attrs
+               for name in ["replicate", "replicate_log_z", "beta", "acceptance", "level_ess_fraction"])
 
 
 def test_systematic_resampling_keeps_the_weights_in_expectation():

@@ -100,11 +100,13 @@ class ScoreSamplingSettings:
     """The ``score_sampling`` block: probability-flow ODE samples with log q by one likelihood estimator.
 
     A stage gets only its own estimator's probe count (so that changing the other's does not rerun it):
-    the other is None.
+    the other is None. ``integrator_check_samples`` latents are integrated again at ``ode_steps`` and
+    2 × ``ode_steps`` to measure the integrator's error (``boltzflow.integrator_check``; 0 disables it).
     """
 
     n_samples: int = 20000
     ode_steps: int = 20
+    integrator_check_samples: int = 256
     batch_size: int = 2000
     seed: int = 0
     device: str = "auto"
@@ -122,10 +124,12 @@ class SMCSettings:
     """The ``smc`` block: latent-space sequential Monte Carlo from a model to the target (``boltzflow.smc``).
 
     ``score_likelihood`` is the log q estimator a score model uses inside SMC; ``initial_step`` is the
-    first pCN step size (adapted from there), not a config key.
+    first pCN step size (adapted from there), not a config key. ``replicates`` independent runs of
+    ``n_particles`` each (seeds derived from ``seed``) give the spread that ln Z and ΔF errors come from.
     """
 
-    n_particles: int = 2000
+    n_particles: int = 500
+    replicates: int = 4
     ess_target: float = 0.8
     resample_threshold: float = 0.5
     moves_per_level: int = 5

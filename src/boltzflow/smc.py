@@ -26,6 +26,12 @@ latent moves need only forward evaluations, and the same kernel serves flows and
 The result carries the final log-weights, shifted so that log-mean-exp of them is the SMC estimate of
 ln Z (the sum of the increments' log-mean weights), so downstream estimators read ln Z as for plain
 importance sampling.
+
+Errors come from independent replicates (``run_smc_replicates``), not from a bootstrap over the final
+particles: after resampling those share ancestors, so a bootstrap over them is optimistic. R runs with
+independent seeds give R independent estimates of ln Z and ΔF, whose spread is an honest error. Pooled,
+the particles of every run (each run's weights shifted to its own ln Ẑ_r, equal particle counts) have
+log-mean-exp ln mean_r Ẑ_r, which is unbiased for Z like each Ẑ_r.
 """
 
 from __future__ import annotations
@@ -94,16 +100,84 @@ def systematic_resample(log_w: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.searchsorted(cumulative, (rng.random() + np.arange(n)) / n)
 
 
+def replicate_seeds(seed: int, replicates: int) -> list[int]:
+    """Seeds of ``replicates`` independent runs derived from one ``seed`` (numpy's SeedSequence spawning,
+    so that the streams of different replicates, and of different base seeds, do not overlap)."""
+    return [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(seed).spawn(replicates)]
+
+
+@dataclasses.dataclass
+class SMCReplicates:
+    """``replicates`` independent SMC runs: one :class:`SMCResult` each, and their pooled particles."""
+
+    runs: list[SMCResult]
+    seeds: list[int]
+
+    @property
+    def positions(self) -> np.ndarray:
+        return np.concatenate([run.positions for run in self.runs])
+
+    @property
+    def log_w(self) -> np.ndarray:
+        """Every run's stored weights (log-mean-exp within run r = ln Ẑ_r), concatenated."""
+        return np.concatenate([run.log_w for run in self.runs])
+
+    @property
+    def reduced_energy(self) -> np.ndarray:
+        return np.concatenate([run.reduced_energy for run in self.runs])
+
+    @property
+    def replicate(self) -> np.ndarray:
+        """The run each particle comes from [n_total]."""
+        return np.concatenate([np.full(len(run.log_w), r) for r, run in enumerate(self.runs)])
+
+    @property
+    def log_z(self) -> np.ndarray:
+        """ln Ẑ_r of each run."""
+        return np.array([run.log_z for run in self.runs])
+
+    @property
+    def pooled_log_z(self) -> float:
+        """ln mean_r Ẑ_r, the log-mean-exp of all pooled weights (the runs have equal particle counts)."""
+        return float(logsumexp(self.log_z) - math.log(len(self.runs)))
+
+    def per_level(self, name: str) -> np.ndarray:
+        """A per-level record [replicate, level] (``betas`` without the initial 0, ``acceptance``,
+        ``ess_before_resampling``), NaN-padded: runs may take different numbers of levels."""
+        rows = [getattr(run, name)[1:] if name == "betas" else getattr(run, name) for run in self.runs]
+        table = np.full((len(rows), max(len(row) for row in rows)), np.nan)
+        for r, row in enumerate(rows):
+            table[r, :len(row)] = row
+        return table
+
+
+def run_smc_replicates(decode: Callable, reduced_energy: Callable, latent_dim: int, settings: SMCSettings,
+                       batch_size: int = 4096, log=print) -> SMCReplicates:
+    """``settings.replicates`` independent runs of :func:`run_smc` with seeds from :func:`replicate_seeds`."""
+    seeds = replicate_seeds(settings.seed, settings.replicates)
+    runs = []
+    for r, seed in enumerate(seeds):
+        log(f"SMC replicate {r + 1}/{len(seeds)} (seed {seed})")
+        runs.append(run_smc(decode, reduced_energy, latent_dim, settings, batch_size, log, seed=seed))
+    result = SMCReplicates(runs, seeds)
+    spread = np.std(result.log_z, ddof=1) if len(runs) > 1 else math.nan
+    log(f"SMC over {len(runs)} replicates: ln Z per replicate {np.array2string(result.log_z, precision=4)}, "
+        f"pooled {result.pooled_log_z:.4f}, standard deviation between replicates {spread:.4f}")
+    return result
+
+
 def run_smc(decode: Callable, reduced_energy: Callable, latent_dim: int, settings: SMCSettings,
-            batch_size: int = 4096, log=print) -> SMCResult:
-    """Anneal N particles from the model to the target (module docstring); numpy results.
+            batch_size: int = 4096, log=print, seed: int | None = None) -> SMCResult:
+    """Anneal N = ``settings.n_particles`` particles from the model to the target (module docstring), one
+    run with ``seed`` (default ``settings.seed``); numpy results.
 
     ``decode(ξ [b, latent_dim]) -> (x, log q̂)`` and ``reduced_energy(x) -> u`` work on torch tensors
     (float64); they are called in batches of ``batch_size``. Non-finite weights are -inf (never
     resampled, never accepted).
     """
-    generator = torch.Generator().manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
+    seed = settings.seed if seed is None else seed
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
     n = settings.n_particles
 
     def evaluate(latent):

@@ -96,9 +96,36 @@ def sample_score_stage(system, model, settings: ScoreSamplingSettings, likelihoo
     started = time.perf_counter()
     with system.energy(energy_workers) as energy:
         x, log_q, u = sample_flow(draws, energy, settings.n_samples, settings.seed, settings.batch_size, log=log)
+        wall_seconds = time.perf_counter() - started
+        check = draws.check_integrator(system, energy, settings.integrator_check_samples, INTEGRATOR_CHECK_SEED,
+                                       settings.batch_size, log=log)
     dataset = samples_dataset(system, x, log_q, u)
     dataset.attrs.update({"likelihood": likelihood, "ode_steps": settings.ode_steps, "probes": n_probes,
-                          "sampling_wall_seconds": time.perf_counter() - started})
+                          "sampling_wall_seconds": wall_seconds})
+    return with_integrator_check(dataset, system, check)
+
+
+#: Seed of the integrator check's latents (fixed: the check compares step counts, not sampler seeds).
+INTEGRATOR_CHECK_SEED = 20260
+
+
+def with_integrator_check(dataset: xr.Dataset, system, check) -> xr.Dataset:
+    """The samples dataset with what ``integrator_check.check_integrator`` measured (NaN when disabled):
+    ``integrator_error`` [state] (kT) and its bootstrap error, attributes ``integrator_error_log_z`` (nats),
+    ``integrator_check_samples`` and ``integrator_mean_log_w_shift`` (nats per sample)."""
+    steps = f"{check.n_steps} RK4 steps"
+    dataset = dataset.assign_coords(state=("state", [state.name for state in system.states],
+                                           {"units": "1", "long_name": "state (ΔF relative to the first)"}))
+    dataset["integrator_error"] = variable(
+        "state", check.delta_f_error, "kT",
+        f"estimated error of ΔF from integrating the probability-flow ODE with {steps} (16/15 x the shift of "
+        f"ΔF from n to 2n steps on the same latents, exact divergence; > 0: ΔF too high; NaN: not measured)")
+    dataset["integrator_error_err"] = variable("state", check.delta_f_error_err, "kT",
+                                               "bootstrap standard error of integrator_error over the checked latents")
+    dataset.attrs.update({"integrator_error_log_z": check.log_z_error,
+                          "integrator_error_log_z_err": check.log_z_error_err,
+                          "integrator_mean_log_w_shift": check.mean_log_w_shift,
+                          "integrator_check_samples": check.n_samples})
     return dataset
 
 
@@ -107,12 +134,26 @@ class ScoreLatent:
     with ``sample(n, generator)`` like a flow's (``samplers.sample_flow``).
 
     ``probe_generator`` draws the Hutchinson probes, which are not part of the latent.
+    ``integrator_check_samples`` is how many latents ``check_integrator`` uses by default.
     """
 
-    def __init__(self, model, likelihood: str, n_steps: int, n_probes: int, probe_generator=None):
+    def __init__(self, model, likelihood: str, n_steps: int, n_probes: int, probe_generator=None,
+                 integrator_check_samples: int = 0):
         self.model, self.likelihood, self.n_steps, self.n_probes = model, likelihood, n_steps, n_probes
         self.probe_generator = probe_generator
         self.latent_dim = model.latent_dim(likelihood, n_steps, n_probes)
+        self.integrator_check_samples = integrator_check_samples
+
+    def check_integrator(self, system, energy, n_samples: int | None = None, seed: int = INTEGRATOR_CHECK_SEED,
+                         batch_size: int = 2000, log=print):
+        """Step doubling of this model's ODE (``n_steps`` against 2 × ``n_steps``, exact divergence) on
+        ``n_samples`` latents (default ``integrator_check_samples``; 0 disables it): an ``IntegratorCheck``.
+        Whatever the likelihood, the check uses the exact divergence, which isolates the discretization."""
+        from boltzflow.integrator_check import check_integrator
+
+        n_samples = self.integrator_check_samples if n_samples is None else n_samples
+        return check_integrator(system, lambda latent, steps: self.model.decode(latent, "exact", steps), energy,
+                                self.model.dim, self.n_steps, n_samples, seed, batch_size, log=log)
 
     def decode(self, latent):
         return self.model.decode(latent, self.likelihood, self.n_steps, self.n_probes, self.probe_generator)
