@@ -74,11 +74,11 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
         profile, error = estimators.mbar_profile(mbar, u_target, subsample_cvs[cv], edges[cv])
         if len(log_w_target) > len(u_target):
             profile = estimators.weighted_profile(cvs[cv], log_w_target, edges[cv])
-        observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile along {cv}")
+        observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile -ln(p / bin width) along {cv}, p normalized")
         observables[f"dF_{cv}"] = variable(cv, error, "kT", f"standard error of F_{cv} (MBAR, decorrelated samples)")
     first, second = system.cvs[:2]
     surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
     observables[surface_name(system)] = variable(system.cvs[:2], surface, "kT",
-                                             f"free-energy surface -ln p({first}, {second})")
+                                             f"free-energy surface -ln(p / bin area) over {first}, {second}, p normalized")
     observables.attrs["n_samples"] = int(n_k.sum())
     return ladder, observables
