@@ -165,7 +165,7 @@ def free_energy_surfaces(surface: xr.Dataset, summary: xr.Dataset | None = None,
         ax.set_xlabel(_axis_label(surface, first))
     for ax in axes[:, 0]:
         ax.set_ylabel(_axis_label(surface, second))
-    fig.colorbar(mesh, ax=axes, label="F − min F / kT", shrink=0.8)
+    fig.colorbar(mesh, ax=axes, label="(F − min F) / kT", shrink=0.8)
     return fig
 
 
@@ -354,16 +354,16 @@ def _zoom_past_start(ax, values: np.ndarray) -> str:
     return f"\n{int(outside.sum())} early records off scale (up to {extreme:.3g})"
 
 
-def _loss_panels(axes, curves: xr.Dataset, terms: list[tuple[str, list[str]]]) -> None:
-    """Each loss term on its own axis (curves of one term, as training and validation NLL, share one)."""
-    for ax, (title, names) in zip(axes, terms):
-        note = ""
+def _loss_panels(axes, curves: xr.Dataset, terms: list[tuple[str, str, list[str]]]) -> None:
+    """Each loss term (title, y label, curves) on its own axis; curves of one term (training and
+    validation NLL) share one."""
+    for ax, (title, ylabel, names) in zip(axes, terms):
         for i, name in enumerate(names):
             ax.plot(curves["step"], curves[name], color=f"C{i}", label=curves[name].attrs.get("long_name", name))
         note = _zoom_past_start(ax, np.concatenate([curves[name].values for name in names]))
         ax.set_title(title + note, fontsize=9)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("nats per sample" if title != "DSM loss" else "loss per sample")
+        ax.set_ylabel(ylabel)
         if len(names) > 1:
             ax.legend(frameon=False, fontsize=7, loc="best")
 
@@ -372,9 +372,9 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
     """The flow's training: NLL (training and validation), the reverse-KL term if used, each on its own
     axis, and ESS/N of the monitor samples over training."""
     sns.set_theme(style=settings.style)
-    terms = [("negative log-likelihood", ["train_nll", "validation_nll"])]
+    terms = [("negative log-likelihood", "nats per sample", ["train_nll", "validation_nll"])]
     if np.isfinite(curves["reverse_kl"].values).any():
-        terms.append(("reverse-KL (energy) term", ["reverse_kl"]))
+        terms.append(("reverse-KL (energy) term", "nats per sample", ["reverse_kl"]))
     fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4.4 * (len(terms) + 1), 3.5), layout="constrained")
     _loss_panels(axes[:-1], curves, terms)
     ax_ess = axes[-1]
@@ -391,7 +391,7 @@ def score_training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT
     """The score model's loss terms over training, each on its own axis (today one: the DSM loss)."""
     sns.set_theme(style=settings.style)
     names = [name for name in curves.data_vars if name != "learning_rate" and curves[name].dims == ("step",)]
-    terms = [("DSM loss" if name == "dsm_loss" else name, [name]) for name in names]
+    terms = [("DSM loss" if name == "dsm_loss" else name, "loss per sample", [name]) for name in names]
     fig, axes = plt.subplots(1, len(terms), figsize=(5.2 * len(terms), 3.5), layout="constrained", squeeze=False)
     _loss_panels(axes[0], curves, terms)
     return fig
