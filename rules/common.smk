@@ -83,10 +83,19 @@ MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exch
 
 def md_benchmarks(wildcards):
     """Benchmark files of every job that produced the MD samples (the MBAR estimate's cost)."""
-    labels = [temperature_label(t) for t in config["systems"][wildcards.system]["temperatures"]]
-    folder = f"results/{wildcards.system}/benchmarks"
+    return _md_benchmarks(wildcards.system, config["systems"][wildcards.system]["temperatures"])
+
+
+def training_md_benchmarks(wildcards):
+    """Benchmark files of the target-temperature MD the models train on (replica exchange: the whole run)."""
+    return _md_benchmarks(wildcards.system, config["systems"][wildcards.system]["temperatures"][:1])
+
+
+def _md_benchmarks(system, temperatures):
+    labels = [temperature_label(t) for t in temperatures]
+    folder = f"results/{system}/benchmarks"
     names = []
-    for pattern in MD_BENCHMARKS[SYSTEMS[wildcards.system].md_method]:
+    for pattern in MD_BENCHMARKS[SYSTEMS[system].md_method]:
         names += [pattern.format(label=label) for label in labels] if "{label}" in pattern else [pattern]
     return [f"{folder}/{name}.tsv" for name in names]
 
@@ -157,7 +166,7 @@ def figures_of(system_name):
 def all_outputs():
     outputs = []
     for system in RUN:
-        outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv"]
+        outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv", f"results/{system}/summary.html"]
         outputs += [f"results/{system}/figures/{name}.png" for name in figures_of(system)]
     return outputs
 
@@ -279,4 +288,8 @@ def figure_params(wildcards):
 
 
 def surface_figure_params(wildcards):
-    return {"style": config["figures"]["style"], "max_kt": config["figures"]["max_kt"]}
+    return {key: config["figures"][key] for key in ("style", "max_kt", "min_bin_effective_samples")}
+
+
+def profile_figure_params(wildcards):
+    return {key: config["figures"][key] for key in ("style", "min_bin_effective_samples")}

@@ -5,6 +5,7 @@ rule figure_free_energy_surfaces:
     """Figure: free-energy surface over the two CVs, per estimator."""
     input:
         surface="results/{system}/analysis/fes_surface.nc",
+        summary="results/{system}/summary.nc",
     output:
         report(
             "results/{system}/figures/free_energy_surfaces.png",
@@ -29,9 +30,10 @@ rule figure_free_energy_surfaces:
 
 
 rule figure_free_energy_profiles:
-    """Figure: free-energy profiles along each CV with error bands."""
+    """Figure: free-energy profiles along each CV, one panel per estimator beside the references."""
     input:
         profiles="results/{system}/analysis/fes_profiles.nc",
+        summary="results/{system}/summary.nc",
     output:
         report(
             "results/{system}/figures/free_energy_profiles.png",
@@ -40,7 +42,7 @@ rule figure_free_energy_profiles:
             subcategory="free energies",
         ),
     params:
-        figures=figure_params,
+        figures=profile_figure_params,
     log:
         "results/{system}/logs/figure_free_energy_profiles.log",
     benchmark:
@@ -60,6 +62,7 @@ rule figure_log_weights:
     input:
         samples=weighted_samples_files,
         estimates=weighted_estimate_files,
+        summary="results/{system}/summary.nc",
     output:
         report(
             "results/{system}/figures/log_weights.png",
@@ -139,9 +142,10 @@ rule figure_energy_distributions:
 
 
 rule figure_cost:
-    """Figure: CPU seconds against ΔF error and ESS per estimator."""
+    """Figure: CPU seconds against ΔF error and ESS per estimator, with and without the training MD."""
     input:
         summary="results/{system}/summary.nc",
+        training_md_benchmarks=training_md_benchmarks,
     output:
         report(
             "results/{system}/figures/cost.png",
@@ -166,7 +170,7 @@ rule figure_cost:
 
 
 rule figure_score_training:
-    """Figure: the score model's denoising score-matching loss."""
+    """Figure: the score model's loss terms, each on its own axis."""
     input:
         curves="results/{system}/models/score_training.nc",
     output:
@@ -190,3 +194,28 @@ rule figure_score_training:
         runtime=10,
     script:
         "../workflow/scripts/figure_score_training.py"
+
+
+rule summary_html:
+    """Report table: the summary, one row per estimator and state, unreliable rows marked."""
+    input:
+        summary="results/{system}/summary.nc",
+    output:
+        report(
+            "results/{system}/summary.html",
+            caption="../report/summary.rst",
+            category="{system}",
+            subcategory="free energies",
+        ),
+    log:
+        "results/{system}/logs/summary_html.log",
+    benchmark:
+        "results/{system}/benchmarks/summary_html.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/summary_html.py"

@@ -235,8 +235,8 @@ def _planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
-SUMMARY_FIGURES = {"summary", "figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
-                   "figure_cost", "all"}
+SUMMARY_FIGURES = {"summary", "summary_html", "figure_free_energy_surfaces", "figure_free_energy_profiles",
+                   "figure_log_weights", "figure_cost", "all"}
 DOWNSTREAM_OF_FLOW = SUMMARY_FIGURES | {"train_flow", "sample_flow", "smc", "flow_mcmc", "reweight",
                                         "figure_training", "figure_energy_distributions"}
 DOWNSTREAM_OF_SCORE = SUMMARY_FIGURES | {"train_score", "sample_score", "smc", "reweight", "figure_score_training"}
@@ -266,8 +266,10 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}}, SUMMARY_FIGURES | {"reweight"}),
     ({"figures": {"style": "whitegrid"}}, FIGURES_ONLY),
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
+    ({"figures": {"min_bin_effective_samples": 20}},
+     {"figure_free_energy_surfaces", "figure_free_energy_profiles", "all"}),
 ], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "trim-fraction",
-        "figure-style", "figure-max-kt"])
+        "figure-style", "figure-max-kt", "figure-min-bin-effective-samples"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
     (run / "change.yaml").write_text(yaml.safe_dump(change))
     result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
@@ -305,6 +307,7 @@ def test_report_builds_with_every_figure(run):
     html = (run / "results/report.html").read_text(errors="ignore")
     for figure in FIGURES:
         assert f"{figure}.png" in html
+    assert "summary.html" in html  # the summary table, unreliable rows marked
 
 
 def test_estimators_can_be_switched_off_per_system(tmp_path):

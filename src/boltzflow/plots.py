@@ -1,6 +1,10 @@
 """Figures (seaborn/matplotlib) drawn from the netCDF outputs; each function returns a Figure.
 
 Free energies are plotted in kT at the target temperature; CV axes carry the units stored with them.
+Every figure colours an estimator the same way (``estimator_colour``), draws the references (``mbar``
+and, for toys, the exact ``quadrature``) as reference lines rather than as models, greys and hatches an
+estimate that the summary marks unreliable and says so in its title, and leaves out profile points and
+surface bins with fewer than ``figures.min_bin_effective_samples`` effective samples.
 """
 
 from __future__ import annotations
@@ -13,137 +17,389 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import xarray as xr
+from matplotlib.colors import BoundaryNorm
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
-from boltzflow.estimator_table import label
+from boltzflow.estimator_table import ESTIMATORS, REFERENCE, label
+from boltzflow.settings import FigureSettings
 from boltzflow.units import kt_kj_mol
+
+#: The exact answer of a toy system, by quadrature: drawn like the MBAR reference, as a reference line.
+QUADRATURE = "quadrature"
+REFERENCES = (REFERENCE.name, QUADRATURE)
+#: Grey is kept for unreliable estimates, so no estimator gets it.
+UNRELIABLE_COLOUR = (0.62, 0.62, 0.62)
+UNRELIABLE_HATCH = "///"
+#: The figures block's defaults (a frozen dataclass: one shared instance is safe).
+DEFAULT_SETTINGS = FigureSettings()
+#: The log-weight histograms show the top this many nats below the largest log-weight.
+LOG_WEIGHT_RANGE_NATS = 30.0
+
+
+def estimator_names() -> list[str]:
+    """Every estimator a figure may show, in the summary's order: references, then each model estimator
+    followed by its unweighted companion."""
+    names = list(REFERENCES)
+    for estimator in ESTIMATORS:
+        names.append(estimator.name)
+        if estimator.raw_companion:
+            names.append(f"{estimator.name}_raw")
+    return names
+
+
+def _palette() -> dict[str, tuple]:
+    tab10 = sns.color_palette("tab10")
+    base = [colour for i, colour in enumerate(tab10) if i != 7]  # tab10's 8th colour is grey
+    if len(ESTIMATORS) > len(base):
+        base = sns.color_palette("husl", len(ESTIMATORS))
+    colours = {REFERENCE.name: (0.0, 0.0, 0.0), QUADRATURE: (0.55, 0.0, 0.0)}
+    for estimator, colour in zip(ESTIMATORS, base, strict=False):
+        colours[estimator.name] = tuple(colour)
+        # the unweighted model is its reweighted estimator's colour, paler: the pair reads as one model
+        colours[f"{estimator.name}_raw"] = tuple(0.5 * c + 0.5 for c in colour)
+    return colours
+
+
+_COLOURS = _palette()
+
+
+def estimator_colour(name: str) -> tuple:
+    """The one colour of an estimator in every figure (an unknown name is an error, never a recycled colour)."""
+    try:
+        return _COLOURS[name]
+    except KeyError:
+        raise ValueError(f"no colour for estimator {name!r}: add it to estimator_table.ESTIMATORS") from None
+
+
+def ordered_estimators(names) -> list[str]:
+    """Names in the palette's order; every name is kept (an unknown one raises in estimator_colour)."""
+    names = [str(name) for name in names]
+    for name in names:
+        estimator_colour(name)
+    order = estimator_names()
+    return sorted(names, key=order.index)
+
+
+def unreliable_states(summary: xr.Dataset | None, name: str) -> list[str]:
+    """The states for which the summary marks an estimator unreliable (none for one it does not list)."""
+    if summary is None or name not in summary["estimator"].values:
+        return []
+    reliable = summary["reliable"].sel(estimator=name).values.astype(bool)
+    return [str(state) for state, ok in zip(summary["state"].values, reliable) if not ok]
+
+
+def _title(summary: xr.Dataset | None, name: str) -> str:
+    bad = unreliable_states(summary, name)
+    if not bad:
+        return label(name)
+    where = "" if len(bad) == summary.sizes["state"] else f" ({', '.join(bad)})"
+    return f"{label(name)}\nunreliable{where}"
+
+
+def _mark_unreliable(ax) -> None:
+    """Hatch the whole panel: an unreliable estimate is visibly not a result."""
+    ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, hatch=UNRELIABLE_HATCH,
+                           edgecolor=(0.82, 0.82, 0.82), linewidth=0, zorder=0))
+    ax.title.set_color("0.35")
 
 
 def _surface_variable(dataset: xr.Dataset) -> str:
-    return next(name for name in dataset.data_vars if name.startswith("F_"))
+    """The surface F_{cv1}{cv2} (its companion n_eff_{cv1}{cv2} and any other variable are not it)."""
+    names = [name for name in dataset.data_vars if name.startswith("F_") and dataset[name].ndim == 3]
+    if len(names) != 1:
+        raise ValueError(f"expected one surface F_<cv1><cv2> in the surface file, found {names or 'none'}")
+    return names[0]
 
 
 def _axis_label(dataset: xr.Dataset, cv: str) -> str:
     return f"{cv} / {dataset[cv].attrs.get('units', '')}".rstrip(" /")
 
 
-def _panel_grid(n_panels: int, panel_height: float, **kwargs):
-    """A figure with n panels in rows of at most four, the unused ones hidden; axes as a 2D array."""
-    columns = min(4, n_panels)
+def _masked(values: xr.DataArray, n_eff: xr.DataArray, minimum: float) -> np.ndarray:
+    """Values with too few effective samples (or none recorded) set to NaN: they are not drawn."""
+    return np.where(n_eff.values >= minimum, values.values, np.nan)
+
+
+def _panel_grid(n_panels: int, panel_height: float, columns: int = 4, **kwargs):
+    """A figure with n panels in rows of at most ``columns``, the unused ones hidden; axes as a 2D array."""
+    columns = min(columns, n_panels)
     rows = -(-n_panels // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, panel_height * rows), constrained_layout=True,
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, panel_height * rows), layout="constrained",
                              squeeze=False, **kwargs)
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
     return fig, axes
 
 
-def free_energy_surfaces(surface: xr.Dataset, max_kt: float = 10.0, style: str = "ticks"):
-    """One panel per estimator: F over the first two CVs, shifted to a minimum of 0, clipped at ``max_kt``."""
-    sns.set_theme(style=style)
+def free_energy_surfaces(surface: xr.Dataset, summary: xr.Dataset | None = None,
+                         settings: FigureSettings = DEFAULT_SETTINGS):
+    """One panel per estimator: F over the first two CVs, each shifted to a minimum of 0, clipped at
+    ``settings.max_kt``; bins with fewer than ``settings.min_bin_effective_samples`` effective samples are
+    left white."""
+    sns.set_theme(style=settings.style)
     name = _surface_variable(surface)
+    n_eff = surface[f"n_eff_{name[2:]}"]
     first, second = [d for d in surface[name].dims if d != "estimator"]
-    estimators = [str(e) for e in surface["estimator"].values]
-    fig, axes = _panel_grid(len(estimators), 3.6, sharex=True, sharey=True)
-    levels = np.linspace(0, max_kt, 21)
+    estimators = ordered_estimators(surface["estimator"].values)
+    fig, axes = _panel_grid(len(estimators), 3.1, sharex=True, sharey=True)
+    levels = np.linspace(0, settings.max_kt, 21)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    norm = BoundaryNorm(levels, cmap.N)
+    x_edges, y_edges = surface[f"{first}_edges"].values, surface[f"{second}_edges"].values
     for ax, estimator in zip(axes.flat, estimators):
-        values = surface[name].sel(estimator=estimator)
-        shifted = (values - values.min()).clip(max=max_kt)
-        mesh = ax.contourf(surface[first], surface[second], shifted.T, levels=levels, cmap="viridis")
-        ax.set_title(label(estimator))
-    for ax in axes[-1]:
+        values = _masked(surface[name].sel(estimator=estimator), n_eff.sel(estimator=estimator),
+                         settings.min_bin_effective_samples)
+        if np.isfinite(values).any():
+            values = np.clip(values - np.nanmin(values), None, settings.max_kt)
+        else:
+            ax.text(0.5, 0.5, f"no bin with ≥ {settings.min_bin_effective_samples:g}\neffective samples",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35")
+        mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_invalid(values).T, cmap=cmap, norm=norm)
+        ax.set_title(_title(summary, estimator), fontsize=9)
+        if unreliable_states(summary, estimator):
+            mesh.set_alpha(0.45)
+            _mark_unreliable(ax)
+    for ax in axes.flat[max(0, len(estimators) - axes.shape[1]):len(estimators)]:  # lowest of each column
+        ax.xaxis.set_tick_params(labelbottom=True)  # also above a hidden panel of a short last row
         ax.set_xlabel(_axis_label(surface, first))
     for ax in axes[:, 0]:
         ax.set_ylabel(_axis_label(surface, second))
-    fig.colorbar(mesh, ax=axes, label="F / kT")
+    fig.colorbar(mesh, ax=axes, label="(F − min F) / kT", shrink=0.8)
     return fig
 
 
-def free_energy_profiles(profiles: xr.Dataset, style: str = "ticks"):
-    """1D profiles F(cv) per estimator with ±1 standard-error bands, one panel per CV."""
-    sns.set_theme(style=style)
+def _draw_profile(ax, profiles: xr.Dataset, cv: str, name: str, minimum: float, unreliable: bool = False):
+    """One estimator's profile and its ±1 standard-error band, masked bins left out; its drawn values."""
+    f = _masked(profiles[f"F_{cv}"].sel(estimator=name), profiles[f"n_eff_{cv}"].sel(estimator=name), minimum)
+    df = profiles[f"dF_{cv}"].sel(estimator=name).values
+    centres = profiles[cv].values
+    colour = UNRELIABLE_COLOUR if unreliable else estimator_colour(name)
+    style = "--" if name == QUADRATURE else "-"
+    reference = name in REFERENCES
+    # the estimate on top of the references: it is what the panel is about
+    ax.plot(centres, f, style, color=colour, marker=None if reference else ".", markersize=3,
+            lw=1.0 if reference else 1.5, label=label(name), zorder=2 if reference else 4)
+    if np.isfinite(df).any():
+        ax.fill_between(centres, f - df, f + df, color=colour, alpha=0.18 if reference else 0.3, linewidth=0,
+                        zorder=1 if reference else 3)
+    return f
+
+
+def free_energy_profiles(profiles: xr.Dataset, summary: xr.Dataset | None = None,
+                         settings: FigureSettings = DEFAULT_SETTINGS):
+    """Small multiples: one panel per (CV, model estimator), each beside the references (MBAR with its
+    ±1 standard-error band; quadrature for toys), sharing the y-axis along a CV.
+
+    Profiles are drawn as stored, F = −ln(p / bin width) with p normalized (no shift), so every panel of a CV
+    is on the same scale. Points with fewer than ``settings.min_bin_effective_samples`` effective samples
+    are not drawn.
+    """
+    sns.set_theme(style=settings.style)
     cvs = [name[2:] for name in profiles.data_vars if name.startswith("F_")]
-    fig, axes = plt.subplots(1, len(cvs), figsize=(5 * len(cvs), 3.6), constrained_layout=True)
-    axes = np.atleast_1d(axes)
-    palette = sns.color_palette("colorblind")
-    for ax, cv in zip(axes, cvs):
-        shift = np.nanmin(profiles[f"F_{cv}"].sel(estimator="mbar").values)
-        for colour, estimator in zip(palette, profiles["estimator"].values):
-            f = profiles[f"F_{cv}"].sel(estimator=estimator).values
-            df = profiles[f"dF_{cv}"].sel(estimator=estimator).values
-            centres = profiles[cv].values
-            ax.plot(centres, f - shift, color=colour, label=label(str(estimator)))
-            ax.fill_between(centres, f - df - shift, f + df - shift, color=colour, alpha=0.25, linewidth=0)
-        ax.set_xlabel(_axis_label(profiles, cv))
-        ax.set_ylabel("F / kT")
-    axes[-1].legend(frameon=False)
+    names = ordered_estimators(profiles["estimator"].values)
+    references = [name for name in names if name in REFERENCES]
+    panels = [name for name in names if name not in REFERENCES] or references[:1]
+    columns = min(5, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows * len(cvs), columns, figsize=(3.2 * columns, 2.5 * rows * len(cvs) + 0.6),
+                             layout="constrained", squeeze=False)
+    minimum = settings.min_bin_effective_samples
+    for i, cv in enumerate(cvs):
+        block = axes[i * rows:(i + 1) * rows]
+        drawn = []
+        for ax, name in zip(block.flat, panels):
+            for reference in references:
+                f = _draw_profile(ax, profiles, cv, reference, minimum)
+                drawn.append(f)
+            if name not in REFERENCES:
+                unreliable = bool(unreliable_states(summary, name))
+                drawn.append(_draw_profile(ax, profiles, cv, name, minimum, unreliable))
+                if unreliable:
+                    _mark_unreliable(ax)
+            ax.set_title(_title(summary, name), fontsize=9)
+        for ax in block.flat[len(panels):]:
+            ax.set_visible(False)
+        values = np.concatenate(drawn)
+        if np.isfinite(values).any():
+            lo, hi = np.nanmin(values), np.nanmax(values)
+            margin = 0.06 * max(hi - lo, 1.0)
+            for ax in block.flat:
+                ax.set_ylim(lo - margin, hi + margin)
+        for j, ax in enumerate(block.flat[:len(panels)]):
+            if j % columns == 0:
+                ax.set_ylabel(f"F({cv}) / kT")
+            else:
+                ax.tick_params(labelleft=False)
+            if j >= len(panels) - columns:  # the lowest panel of each column
+                ax.set_xlabel(_axis_label(profiles, cv))
+    handles = [Line2D([], [], color=estimator_colour(r), ls="--" if r == QUADRATURE else "-", label=label(r))
+               for r in references]
+    handles.append(Patch(facecolor="white", edgecolor=UNRELIABLE_COLOUR, hatch=UNRELIABLE_HATCH,
+                         label="unreliable (summary)"))
+    handles.append(Line2D([], [], color="none", label=f"points with < {minimum:g} effective samples not drawn"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False, fontsize=9)
     return fig
 
 
-def log_weight_histogram(log_ws: dict[str, np.ndarray], ess_fractions: dict[str, float], style: str = "ticks"):
-    """One panel per estimator: histogram of finite log-weights, shifted so that the largest is 0."""
-    sns.set_theme(style=style)
-    names = list(log_ws)
-    fig, axes = _panel_grid(len(names), 3.3)
+def log_weight_histogram(log_ws: dict[str, np.ndarray], ess_fractions: dict[str, float],
+                         summary: xr.Dataset | None = None, settings: FigureSettings = DEFAULT_SETTINGS):
+    """One panel per estimator: histogram of ln w − max ln w over the top ``LOG_WEIGHT_RANGE_NATS`` nats.
+
+    Weights further below the largest carry less than e^-30 of its weight each; one far outlier (a
+    log-weight of −25,000) would otherwise squeeze every other sample into one bar. Their number is in the
+    title, beside the non-finite ones, ESS/N and Pareto k̂ (when the summary has it).
+    """
+    sns.set_theme(style=settings.style)
+    names = ordered_estimators(log_ws)
+    fig, axes = _panel_grid(len(names), 2.9)
+    bins = np.linspace(-LOG_WEIGHT_RANGE_NATS, 0, 61)
     for ax, name in zip(axes.flat, names):
         log_w = log_ws[name]
         finite = log_w[np.isfinite(log_w)]
-        if finite.size:
-            sns.histplot(finite - finite.max(), bins=80, ax=ax, color="C0")
+        shifted = finite - finite.max() if finite.size else finite
+        shown = shifted[shifted >= -LOG_WEIGHT_RANGE_NATS]
+        unreliable = bool(unreliable_states(summary, name))
+        colour = UNRELIABLE_COLOUR if unreliable else estimator_colour(name)
+        ax.hist(shown, bins=bins, color=colour, hatch=UNRELIABLE_HATCH if unreliable else None,
+                edgecolor="white" if not unreliable else "0.4", linewidth=0.3)
+        ax.set_xlim(-LOG_WEIGHT_RANGE_NATS, 0.5)
         ax.set_xlabel("ln w − max ln w")
         ax.set_ylabel("samples")
-        ax.set_title(f"{label(name)}\nESS/N = {ess_fractions[name]:.3g}, {len(log_w) - len(finite)} dropped",
-                     fontsize=9)
+        diagnostics = f"ESS/N = {ess_fractions[name]:.2g}"
+        if summary is not None and "pareto_k" in summary and name in summary["estimator"].values:
+            diagnostics += f", k̂ = {float(summary['pareto_k'].sel(estimator=name)):.2f}"
+        below = shifted.size - shown.size
+        counts = f"{below} below −{LOG_WEIGHT_RANGE_NATS:g}, {len(log_w) - len(finite)} non-finite"
+        ax.set_title(f"{_title(summary, name)}\n{diagnostics}\n{counts}", fontsize=8)
+        if unreliable:
+            ax.title.set_color("0.35")
     return fig
 
 
-def cost_figure(summary: xr.Dataset, style: str = "ticks"):
-    """CPU seconds against the ΔF error (vs MBAR) and ESS/N, one point per estimator.
+def _reference_name(summary: xr.Dataset) -> str:
+    return QUADRATURE if QUADRATURE in summary["estimator"].values else REFERENCE.name
 
-    The ΔF error is the root mean square over the non-reference states of (ΔF - ΔF_MBAR); the error
-    bar is the root mean square of the combined standard errors.
+
+def cost_figure(summary: xr.Dataset, training_md_seconds: float, settings: FigureSettings = DEFAULT_SETTINGS):
+    """CPU seconds against the ΔF error and ESS/N, one row per estimator.
+
+    The ΔF error is the root mean square over the non-reference states of (ΔF − ΔF_ref), ref the exact
+    quadrature where the summary has it and MBAR otherwise; the error bar is the root mean square of the
+    combined standard errors. Each model estimator is drawn twice, joined by a line: its own rules
+    (filled) and with the ``training_md_seconds`` of the MD it trains on added (open).
     """
-    sns.set_theme(style=style)
-    names = [str(e) for e in summary["estimator"].values if str(e) != "mbar"]
-    reference = summary["delta_f"].sel(estimator="mbar").values[1:]
-    reference_err = summary["delta_f_err"].sel(estimator="mbar").values[1:]
-    fig, (ax_err, ax_ess) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    palette = sns.color_palette("colorblind", len(names) + 1)
-    mbar_cost = float(summary["cpu_seconds"].sel(estimator="mbar"))
-    for colour, name in zip(palette, names):
+    sns.set_theme(style=settings.style)
+    reference = _reference_name(summary)
+    names = [name for name in ordered_estimators(summary["estimator"].values) if name != reference and name != QUADRATURE]
+    ref_values = summary["delta_f"].sel(estimator=reference).values[1:]
+    ref_err = np.nan_to_num(summary["delta_f_err"].sel(estimator=reference).values[1:])
+    fig, (ax_err, ax_ess) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    mbar_cost = float(summary["cpu_seconds"].sel(estimator=REFERENCE.name))
+    for name in names:
+        unreliable = bool(unreliable_states(summary, name))
+        colour = UNRELIABLE_COLOUR if unreliable else estimator_colour(name)
         cost = float(summary["cpu_seconds"].sel(estimator=name))
         values = summary["delta_f"].sel(estimator=name).values[1:]
         errors = summary["delta_f_err"].sel(estimator=name).values[1:]
-        rms = float(np.sqrt(np.nanmean((values - reference) ** 2)))
-        bar = float(np.sqrt(np.nanmean(errors**2 + reference_err**2)))
-        ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=label(name), capsize=3)
+        rms = float(np.sqrt(np.nanmean((values - ref_values) ** 2)))
+        bar = float(np.sqrt(np.nanmean(errors**2 + ref_err**2)))
         ess = float(summary["ess_fraction"].sel(estimator=name))
+        text = label(name) + (" (unreliable)" if unreliable else "")
+        ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=text, capsize=3,
+                        mec="0.3" if unreliable else colour)
+        costs = [cost] if name == REFERENCE.name else [cost, cost + training_md_seconds]
+        if len(costs) == 2:
+            ax_err.plot(costs, [rms, rms], "-", color=colour, lw=1)
+            ax_err.plot(costs[1], rms, "o", mfc="white", mec=colour)
         if np.isfinite(ess):
-            ax_ess.plot(cost, ess, "o", color=colour, label=label(name))
-    ax_err.axvline(mbar_cost, color="k", ls=":", lw=1, label="MD + MBAR cost")
+            ax_ess.plot(costs, [ess] * len(costs), "-", color=colour, lw=1)
+            ax_ess.plot(cost, ess, "o", color=colour)
+            if len(costs) == 2:
+                ax_ess.plot(costs[1], ess, "o", mfc="white", mec=colour)
+    ax_err.axvline(mbar_cost, color="k", ls=":", lw=1)
     ax_ess.axvline(mbar_cost, color="k", ls=":", lw=1)
     for ax in (ax_err, ax_ess):
         ax.set_xscale("log")
-        ax.set_xlabel("CPU seconds (training + sampling + reweighting)")
-    ax_err.set_ylabel("RMS of ΔF − ΔF(MBAR) / kT")
+        ax.set_xlabel("CPU seconds")
+    ax_err.set_ylabel(f"RMS of ΔF − ΔF({label(reference)}) / kT")
     ax_ess.set_yscale("log")
     ax_ess.set_ylabel("ESS / N")
-    ax_err.legend(frameon=False, fontsize=8)
+    key = [Line2D([], [], ls="none", marker="o", color="0.3", label="model only (training, sampling, reweighting)"),
+           Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
+                  label=f"model + MD it trains on ({training_md_seconds:.3g} s)"),
+           Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({mbar_cost:.3g} s)")]
+    handles, _ = ax_err.get_legend_handles_labels()
+    fig.legend(handles=handles + key, loc="outside right upper", frameon=False, fontsize=8)
     return fig
 
 
-def score_training_curves(curves: xr.Dataset, style: str = "ticks"):
-    """Denoising score-matching loss over training."""
-    sns.set_theme(style=style)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
-    ax.plot(curves["step"], curves["dsm_loss"])
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("DSM loss per sample")
+def _zoom_past_start(ax, values: np.ndarray) -> str:
+    """Fit the y-axis to the curve after its first tenth when its start would flatten it; a title note.
+
+    The first reverse-KL values of a flow far from the target (~6,000 nats) otherwise squeeze the rest into
+    a line.
+    """
+    finite = values[np.isfinite(values)]
+    tail = finite[len(finite) // 10:]
+    if tail.size < 2:
+        return ""
+    lo, hi = tail.min(), tail.max()
+    span = max(hi - lo, 1e-9)
+    outside = (finite > hi + 3 * span) | (finite < lo - 3 * span)
+    if not outside.any():
+        return ""
+    ax.set_ylim(lo - 0.1 * span, hi + 0.1 * span)
+    extreme = finite[outside][np.argmax(np.abs(finite[outside]))]
+    return f"\n{int(outside.sum())} early records off scale (up to {extreme:.3g})"
+
+
+def _loss_panels(axes, curves: xr.Dataset, terms: list[tuple[str, str, list[str]]]) -> None:
+    """Each loss term (title, y label, curves) on its own axis; curves of one term (training and
+    validation NLL) share one."""
+    for ax, (title, ylabel, names) in zip(axes, terms):
+        for i, name in enumerate(names):
+            ax.plot(curves["step"], curves[name], color=f"C{i}", label=curves[name].attrs.get("long_name", name))
+        note = _zoom_past_start(ax, np.concatenate([curves[name].values for name in names]))
+        ax.set_title(title + note, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        if len(names) > 1:
+            ax.legend(frameon=False, fontsize=7, loc="best")
+
+
+def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS):
+    """The flow's training: NLL (training and validation), the reverse-KL term if used, each on its own
+    axis, and ESS/N of the monitor samples over training."""
+    sns.set_theme(style=settings.style)
+    terms = [("negative log-likelihood", "nats per sample", ["train_nll", "validation_nll"])]
+    if np.isfinite(curves["reverse_kl"].values).any():
+        terms.append(("reverse-KL (energy) term", "nats per sample", ["reverse_kl"]))
+    fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4.4 * (len(terms) + 1), 3.5), layout="constrained")
+    _loss_panels(axes[:-1], curves, terms)
+    ax_ess = axes[-1]
+    if "ess_fraction" in curves:
+        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour("flow"))
+    ax_ess.set_yscale("log")
+    ax_ess.set_title("ESS / N of the monitor samples", fontsize=9)
+    ax_ess.set_xlabel("optimizer step")
+    ax_ess.set_ylabel("ESS / N")
     return fig
 
 
-def energy_distributions(md: xr.Dataset, samples: xr.Dataset, style: str = "ticks"):
+def score_training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS):
+    """The score model's loss terms over training, each on its own axis (today one: the DSM loss)."""
+    sns.set_theme(style=settings.style)
+    names = [name for name in curves.data_vars if name != "learning_rate" and curves[name].dims == ("step",)]
+    terms = [("DSM loss" if name == "dsm_loss" else name, "loss per sample", [name]) for name in names]
+    fig, axes = plt.subplots(1, len(terms), figsize=(5.2 * len(terms), 3.5), layout="constrained", squeeze=False)
+    _loss_panels(axes[0], curves, terms)
+    return fig
+
+
+def energy_distributions(md: xr.Dataset, samples: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS):
     """Histograms of the potential energy (kJ/mol): MD, flow samples, and flow samples weighted by w."""
-    sns.set_theme(style=style)
+    sns.set_theme(style=settings.style)
     md_energy = md["energy"].values
     temperature = float(samples.attrs["temperature_k"])
     flow_energy = samples["reduced_energy"].values * kt_kj_mol(temperature)
@@ -153,34 +409,16 @@ def energy_distributions(md: xr.Dataset, samples: xr.Dataset, style: str = "tick
     lo, hi = np.quantile(md_energy, [0.001, 0.999])
     margin = 0.25 * (hi - lo)
     bins = np.linspace(lo - margin, hi + margin, 80)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
-    ax.hist(md_energy, bins=bins, density=True, histtype="step", lw=2, color="k", label="MD")
-    ax.hist(flow_energy[finite], bins=bins, density=True, histtype="step", color="C1", label=label("flow_raw"))
-    ax.hist(flow_energy[finite], bins=bins, weights=weights, density=True, histtype="step", color="C0",
-            label=label("flow"))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    ax.hist(md_energy, bins=bins, density=True, histtype="step", lw=2, color=estimator_colour("mbar"), label="MD")
+    ax.hist(flow_energy[finite], bins=bins, density=True, histtype="step", color=estimator_colour("flow_raw"),
+            label=label("flow_raw"))
+    ax.hist(flow_energy[finite], bins=bins, weights=weights, density=True, histtype="step",
+            color=estimator_colour("flow"), label=label("flow"))
     ax.set_xlabel("potential energy / kJ mol⁻¹")
     ax.set_ylabel("density")
-    ax.set_title(f"{temperature:g} K, {int((~finite).sum())} non-finite samples left out")
-    ax.legend(frameon=False)
-    return fig
-
-
-def training_curves(curves: xr.Dataset, style: str = "ticks"):
-    """Left: training and validation NLL (and the reverse-KL term if used); right: ESS/N over training."""
-    sns.set_theme(style=style)
-    fig, (ax, ax_ess) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    ax.plot(curves["step"], curves["train_nll"], label="train NLL")
-    ax.plot(curves["step"], curves["validation_nll"], label="validation NLL")
-    if np.isfinite(curves["reverse_kl"].values).any():
-        ax.plot(curves["step"], curves["reverse_kl"], label="reverse KL term")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("nats per sample")
-    ax.legend(frameon=False)
-    if "ess_fraction" in curves:
-        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color="C3")
-    ax_ess.set_yscale("log")
-    ax_ess.set_xlabel("optimizer step")
-    ax_ess.set_ylabel("ESS / N (monitor samples)")
+    ax.set_title(f"{temperature:g} K, {int((~finite).sum())} non-finite samples left out", fontsize=9)
+    fig.legend(loc="outside right upper", frameon=False, fontsize=8)
     return fig
 
 

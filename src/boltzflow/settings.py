@@ -168,10 +168,15 @@ class AnalysisSettings:
 
 @dataclass(frozen=True)
 class FigureSettings:
-    """The top-level ``figures`` block."""
+    """The top-level ``figures`` block.
+
+    ``min_bin_effective_samples``: profile points and surface bins of an estimator with fewer effective
+    samples than this are not drawn (a handful of samples makes spikes, not free energies).
+    """
 
     style: str = "ticks"
     max_kt: float = 10.0
+    min_bin_effective_samples: float = 5.0
 
 
 @dataclass(frozen=True)

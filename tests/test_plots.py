@@ -1,0 +1,206 @@
+"""Figures tell the truth: every estimator drawn in its one colour, masked bins left out, unreliable
+estimates marked, outliers do not hide the rest. Built on small synthetic datasets in the summary's
+contract (analysis/fes_profiles.nc, fes_surface.nc, summary.nc)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.collections import QuadMesh
+from matplotlib.colors import to_rgb
+
+from boltzflow.benchmark_files import cpu_seconds
+from boltzflow.estimator_table import ESTIMATORS, label
+from boltzflow.plots import (
+    QUADRATURE,
+    UNRELIABLE_COLOUR,
+    cost_figure,
+    estimator_colour,
+    estimator_names,
+    free_energy_profiles,
+    free_energy_surfaces,
+    log_weight_histogram,
+    score_training_curves,
+    training_curves,
+)
+from boltzflow.report_table import summary_html
+from boltzflow.settings import FigureSettings
+
+NAMES = estimator_names()
+MODELS = [name for name in NAMES if name not in ("mbar", QUADRATURE)]
+UNRELIABLE = "score_perturbation"
+SETTINGS = FigureSettings(min_bin_effective_samples=5.0)
+EDGES = np.linspace(-2.0, 2.0, 21)
+CENTRES = 0.5 * (EDGES[1:] + EDGES[:-1])
+WIDTH = EDGES[1] - EDGES[0]
+
+
+def exact_profile() -> np.ndarray:
+    """F = −ln(p / bin width) of the normalized density ∝ exp(−(x² − 1)²) binned on EDGES (midpoint rule)."""
+    p = np.exp(-((CENTRES**2 - 1) ** 2)) * WIDTH
+    return -np.log(p / p.sum() / WIDTH)
+
+
+def profiles_dataset() -> xr.Dataset:
+    f = np.tile(exact_profile(), (len(NAMES), 1))
+    n_eff = np.full_like(f, 100.0)
+    n_eff[NAMES.index(QUADRATURE)] = np.inf
+    spike = NAMES.index("flow_mcmc")
+    f[spike, 3], n_eff[spike, 3] = 35.0, 1.0  # a bin of a handful of samples: a spike that must not be drawn
+    return xr.Dataset(
+        {"F_x": (("estimator", "x"), f, {"units": "kT", "long_name": "F"}),
+         "dF_x": (("estimator", "x"), np.full_like(f, 0.1), {"units": "kT", "long_name": "dF"}),
+         "n_eff_x": (("estimator", "x"), n_eff, {"units": "1", "long_name": "effective samples"})},
+        coords={"estimator": NAMES, "x": ("x", CENTRES, {"units": "nm"}), "x_edges": ("x_edge", EDGES)})
+
+
+def surface_dataset() -> xr.Dataset:
+    f = exact_profile()[:, None] + exact_profile()[None, :]
+    values = np.tile(f, (len(NAMES), 1, 1))
+    n_eff = np.full_like(values, 50.0)
+    n_eff[NAMES.index("flow_smc"), :10, :] = 2.0  # few distinct particles: half the plane is not drawn
+    return xr.Dataset(
+        {"F_xy": (("estimator", "x", "y"), values, {"units": "kT", "long_name": "F"}),
+         "n_eff_xy": (("estimator", "x", "y"), n_eff, {"units": "1", "long_name": "effective samples"})},
+        coords={"estimator": NAMES, "x": ("x", CENTRES, {"units": "nm"}), "y": ("y", CENTRES, {"units": "nm"}),
+                "x_edges": ("x_edge", EDGES), "y_edges": ("y_edge", EDGES)})
+
+
+def summary_dataset() -> xr.Dataset:
+    states = ["left", "right"]
+    shape = (len(NAMES), len(states))
+    delta_f = np.zeros(shape)
+    delta_f[:, 1] = 0.5
+    delta_f[NAMES.index(UNRELIABLE), 1] = 3.0
+    reliable = np.ones(shape, dtype=np.int8)
+    reliable[NAMES.index(UNRELIABLE), 1] = 0
+    reason = np.full(shape, "", dtype=object)
+    reason[NAMES.index(UNRELIABLE), 1] = "Pareto k > 0.7"
+    per_estimator = np.linspace(0.1, 0.9, len(NAMES))
+    return xr.Dataset(
+        {"delta_f": (("estimator", "state"), delta_f), "delta_f_err": (("estimator", "state"), np.full(shape, 0.1)),
+         "reliable": (("estimator", "state"), reliable), "unreliable_reason": (("estimator", "state"), reason),
+         "n_eff_state": (("estimator", "state"), np.full(shape, 40.0)),
+         "pareto_k": ("estimator", per_estimator), "ess_fraction": ("estimator", per_estimator),
+         "cpu_seconds": ("estimator", np.arange(1.0, len(NAMES) + 1) * 10),
+         "n_samples": ("estimator", np.full(len(NAMES), 1000))},
+        coords={"estimator": NAMES, "state": states})
+
+
+def test_every_estimator_has_one_distinct_colour_and_an_unknown_one_is_an_error():
+    colours = [estimator_colour(name) for name in NAMES]
+    assert len(set(colours)) == len(colours) == 2 + len(ESTIMATORS) + sum(e.raw_companion for e in ESTIMATORS)
+    assert UNRELIABLE_COLOUR not in colours
+    with pytest.raises(ValueError, match="no colour for estimator 'nonsense'"):
+        estimator_colour("nonsense")
+
+
+def _profile_panels(fig) -> dict[str, object]:
+    return {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+
+
+def test_profiles_draw_every_model_estimator_beside_the_references_in_its_colour():
+    fig = free_energy_profiles(profiles_dataset(), summary_dataset(), SETTINGS)
+    panels = _profile_panels(fig)
+    assert set(panels) == {label(name) for name in MODELS}  # none dropped, no reference given its own panel
+    for name in MODELS:
+        lines = {line.get_label(): line for line in panels[label(name)].lines}
+        assert set(lines) == {label("mbar"), label(QUADRATURE), label(name)}
+        expected = UNRELIABLE_COLOUR if name == UNRELIABLE else estimator_colour(name)
+        assert to_rgb(lines[label(name)].get_color()) == pytest.approx(expected)
+        assert to_rgb(lines[label("mbar")].get_color()) == pytest.approx(estimator_colour("mbar"))
+
+
+def test_profiles_are_drawn_as_stored_and_masked_points_are_not_drawn():
+    fig = free_energy_profiles(profiles_dataset(), summary_dataset(), SETTINGS)
+    line = next(line for line in _profile_panels(fig)[label("flow_mcmc")].lines if line.get_label() == label("flow_mcmc"))
+    drawn = np.asarray(line.get_ydata(), dtype=float)
+    assert np.isnan(drawn[3])  # the 35 kT spike of one effective sample
+    expected = np.delete(exact_profile(), 3)
+    assert np.delete(drawn, 3) == pytest.approx(expected)  # F = −ln(p / width), no shift
+    assert np.exp(-exact_profile()).sum() * WIDTH == pytest.approx(1.0)  # the stored convention: p normalized
+    ylims = {ax.get_ylim() for ax in _profile_panels(fig).values()}
+    assert len(ylims) == 1 and max(ylims)[1] < 35  # one y scale, not stretched by the masked spike
+
+
+def test_unreliable_estimates_say_so_in_profiles_and_surfaces():
+    for fig in (free_energy_profiles(profiles_dataset(), summary_dataset(), SETTINGS),
+                free_energy_surfaces(surface_dataset(), summary_dataset(), SETTINGS)):
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        marked = [title for title in titles if "unreliable" in title]
+        assert marked == [f"{label(UNRELIABLE)}\nunreliable (right)"]
+
+
+def test_surfaces_have_one_panel_per_estimator_and_leave_bins_with_few_effective_samples_out():
+    fig = free_energy_surfaces(surface_dataset(), summary_dataset(), SETTINGS)
+    meshes = {ax.get_title().split("\n")[0]: next(c for c in ax.collections if isinstance(c, QuadMesh))
+              for ax in fig.axes if ax.get_title()}
+    assert set(meshes) == {label(name) for name in NAMES}
+    smc = np.ma.getmaskarray(meshes[label("flow_smc")].get_array()).reshape(len(CENTRES), len(CENTRES))
+    assert smc[:, :10].all() and not smc[:, 10:].any()  # the array is drawn transposed: (y, x)
+    flow = np.asarray(meshes[label("flow")].get_array()).reshape(len(CENTRES), len(CENTRES))
+    exact = exact_profile()[:, None] + exact_profile()[None, :]
+    expected = np.clip(exact - exact.min(), None, SETTINGS.max_kt).T
+    assert flow == pytest.approx(expected)
+
+
+def test_one_log_weight_far_below_does_not_hide_the_others_and_is_counted():
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(0.0, 1.5, 2000)
+    log_w[0] = -25_000.0
+    log_w[1] = -np.inf
+    summary = summary_dataset()
+    fig = log_weight_histogram({"flow": log_w}, {"flow": 0.4}, summary, SETTINGS)
+    ax = fig.axes[0]
+    heights = np.array([patch.get_height() for patch in ax.patches if patch.get_height() > 0])
+    assert heights.sum() == 1998  # all but the outlier and the non-finite one
+    assert len(heights) > 10  # spread over many bars, not squeezed into one
+    assert "1 below −30, 1 non-finite" in ax.get_title()
+    assert f"k̂ = {float(summary['pareto_k'].sel(estimator='flow')):.2f}" in ax.get_title()
+
+
+def _curves(**terms) -> xr.Dataset:
+    step = np.arange(0, 1000, 10)
+    return xr.Dataset({name: ("step", values, {"units": "1", "long_name": name}) for name, values in terms.items()},
+                      coords={"step": step})
+
+
+def test_each_loss_term_has_its_own_axis_and_a_huge_start_does_not_flatten_it():
+    step = np.arange(0, 1000, 10)
+    nll = 3.0 + 2.0 * np.exp(-step / 200)
+    reverse_kl = -5.0 + 0.5 * np.exp(-step / 300)
+    reverse_kl[0] = 6000.0
+    curves = _curves(train_nll=nll, validation_nll=nll + 0.05, reverse_kl=reverse_kl,
+                     ess_fraction=np.full(len(step), 0.3), learning_rate=np.full(len(step), 1e-3))
+    fig = training_curves(curves, SETTINGS)
+    ax_nll, ax_kl, _ = fig.axes
+    assert [line.get_label() for line in ax_nll.lines] == ["train_nll", "validation_nll"]
+    assert ax_nll.get_ylim()[1] < 10  # the NLL is not on the reverse-KL scale
+    assert ax_kl.get_ylim()[1] < 0 and "1 early records off scale (up to 6e+03)" in ax_kl.get_title()
+    fig = score_training_curves(_curves(dsm_loss=nll, learning_rate=np.full(len(step), 1e-3)), SETTINGS)
+    assert len(fig.axes) == 1 and "off scale" not in fig.axes[0].get_title()
+
+
+def test_cost_figure_adds_the_training_md_to_every_model_estimator():
+    summary = summary_dataset()
+    fig = cost_figure(summary, 1000.0, SETTINGS)
+    ax_err = fig.axes[0]
+    open_points = [line for line in ax_err.lines if line.get_markerfacecolor() == "white"]
+    assert len(open_points) == len(MODELS)
+    for name, point in zip(MODELS, open_points):
+        assert point.get_xdata()[0] == float(summary["cpu_seconds"].sel(estimator=name)) + 1000.0
+    assert "quadrature" in ax_err.get_ylabel()
+
+
+def test_summary_table_marks_unreliable_rows_with_their_reason():
+    page = summary_html(summary_dataset(), "toy")
+    assert page.count('<tr class="unreliable">') == 1
+    assert page.count('<tr class="reliable">') == 2 * len(NAMES) - 1
+    row = next(line for line in page.splitlines() if 'class="unreliable"' in line)
+    assert label(UNRELIABLE) in row and "Pareto k &gt; 0.7" in row and "3.00 ± 0.10" in row
+
+
+def test_benchmark_cpu_seconds_sum_cpu_time_and_fall_back_to_wall_seconds(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (tmp_path / "a.tsv").write_text(header + "10.0\t0:00:10\t1\t1\t1\t1\t0\t0\t90\t9.5\n")
+    (tmp_path / "b.tsv").write_text(header + "4.0\t0:00:04\t1\t1\t1\t1\t0\t0\t0\t0\n")  # no CPU time recorded
+    assert cpu_seconds([tmp_path / "a.tsv", tmp_path / "b.tsv"]) == pytest.approx(13.5)
