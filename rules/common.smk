@@ -225,6 +225,14 @@ def model_params(wildcards):
     return params
 
 
+def score_sampler_params(wildcards):
+    """A score sampler also needs the states: it measures its ODE integrator's error on each state's ΔF."""
+    params = model_params(wildcards)
+    if getattr(wildcards, "generative", "score") == "score":
+        params.update(_cvs(_system(wildcards)))
+    return params
+
+
 def flow_params(wildcards):
     return _system(wildcards)["flow"]
 

@@ -36,7 +36,7 @@ rule sample_score:
     output:
         samples="results/{system}/samples/score_{likelihood}.nc",
     params:
-        system=model_params,
+        system=score_sampler_params,
         sampling=score_sampling_params,
     log:
         "results/{system}/logs/sample_score_{likelihood}.log",
@@ -63,7 +63,7 @@ rule smc:
     output:
         samples="results/{system}/samples/{generative}_smc.nc",
     params:
-        system=model_params,
+        system=score_sampler_params,
         smc=smc_params,
     log:
         "results/{system}/logs/smc_{generative}.log",

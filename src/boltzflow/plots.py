@@ -211,7 +211,8 @@ def free_energy_profiles(profiles: xr.Dataset, summary: xr.Dataset | None = None
         for ax, name in zip(block.flat, panels):
             for reference in references:
                 f = _draw_profile(ax, profiles, cv, reference, minimum)
-                drawn.append(f)
+                if reference != QUADRATURE:  # exact everywhere, far up the walls: the samples set the scale
+                    drawn.append(f)
             if name not in REFERENCES:
                 unreliable = bool(unreliable_states(summary, name))
                 drawn.append(_draw_profile(ax, profiles, cv, name, minimum, unreliable))

@@ -6,7 +6,8 @@ log = start(snakemake)
 
 from boltzflow.io import atomic_path, read_netcdf, write_netcdf
 from boltzflow.settings import AnalysisSettings, from_block
-from boltzflow.stages.summary import benchmark_cpu_seconds, summary_stage, summary_table, unreliable_lines
+from boltzflow.benchmark_files import cpu_seconds as benchmark_cpu_seconds
+from boltzflow.stages.summary import summary_stage, summary_table, unreliable_lines
 from boltzflow.systems import system_from_config
 
 inputs = snakemake.input

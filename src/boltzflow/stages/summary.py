@@ -10,19 +10,6 @@ from boltzflow.settings import AnalysisSettings
 from boltzflow.stages.datasets import surface_effective_name, surface_name, variable
 from boltzflow.stages.reweight import divergence_long_name
 
-
-def benchmark_cpu_seconds(paths) -> float:
-    """Sum of CPU seconds over Snakemake benchmark files (falls back to wall seconds if CPU is missing)."""
-    import pandas as pd
-
-    total = 0.0
-    for path in paths:
-        row = pd.read_csv(path, sep="\t").iloc[-1]
-        cpu = float(row.get("cpu_time", np.nan))
-        total += cpu if np.isfinite(cpu) and cpu > 0 else float(row["s"])
-    return total
-
-
 #: The columns of summary.csv, in order (README, "How to read the summary").
 SUMMARY_VARIABLES = ["reliable", "delta_f", "delta_f_err", "reference_delta_f", "reference_delta_f_err", "z_score",
                      "unreliable_reason", "ess_fraction", "ess_fraction_trimmed", "pareto_k", "pareto_k_state",
@@ -124,6 +111,9 @@ def summary_stage(system, observables: xr.Dataset, estimates: list[xr.Dataset], 
     keep_surface = {"estimator", *system.cvs[:2], *(f"{cv}_edges" for cv in system.cvs[:2])}
     surface = combined[[surface_name(system), surface_effective_name(system)]].drop_vars(
         [c for c in combined.coords if c not in keep_surface], errors="ignore")
+    # Bin edges have their own dimension, so selecting variables drops them: carry them explicitly.
+    profiles = profiles.assign_coords({f"{cv}_edges": combined[f"{cv}_edges"] for cv in system.cvs})
+    surface = surface.assign_coords({f"{cv}_edges": combined[f"{cv}_edges"] for cv in system.cvs[:2]})
     return summary, profiles, surface
 
 
