@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.md import decorrelate, run_langevin
+from boltzflow.physics_errors import PhysicsError
 from boltzflow.settings import LangevinSettings
 from boltzflow.stages.datasets import variable
 
@@ -58,8 +59,11 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
                                    platform_properties=platform_properties(platform, threads))
     log(f"replica exchange of {system.name} ({molecule.n_atoms} atoms) over "
         f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}")
-    result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
-                                  settings, log=log, checkpoint_path=checkpoint_path)
+    try:
+        result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
+                                      settings, log=log, checkpoint_path=checkpoint_path)
+    except PhysicsError as error:
+        raise PhysicsError(f"{system.name}: {error}") from None
     ns = result.steps_integrated * settings.timestep_fs * 1e-6
     ns_per_day = ns / result.wall_seconds * 86400 if result.wall_seconds > 0 else np.nan
     log("exchange acceptance per neighbour pair: " + ", ".join(f"{a:.3f}" for a in result.acceptance))
