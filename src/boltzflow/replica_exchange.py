@@ -367,6 +367,41 @@ class _Checkpoint:
         self.file.remove()
 
 
+def replica_trajectories(values: np.ndarray, replica: np.ndarray) -> np.ndarray:
+    """State-indexed ``values[k, frame]`` → replica-indexed ``[r, frame]``: each replica's value at each
+    frame, in whichever state it was (``replica[k, frame]`` is the replica in state k, as recorded)."""
+    values, replica = np.asarray(values), np.asarray(replica)
+    by_replica = np.empty_like(values)
+    by_replica[replica, np.arange(values.shape[1])[None, :]] = values
+    return by_replica
+
+
+def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarray, state: int) -> tuple[float, float]:
+    """(state-indexed, replica-indexed) statistical inefficiency in frames, each the largest over ``observables``.
+
+    Each observable is state-indexed, ``[state, frame]``. The first number is that of state ``state``'s
+    time series; the second that of the replica trajectories (pooled over replicas, which share one
+    autocorrelation function at equilibrium). Swaps make a state's series look faster than the physics
+    is: it hops between replicas, each of which carries its slow motions (a basin it has not left) with
+    it from state to state, and returns later. A subsample by the state's inefficiency alone would then
+    make MBAR's errors optimistic; take the larger of the two.
+    """
+    from pymbar import timeseries
+
+    def inefficiency(series: list[np.ndarray]) -> float:
+        # A series that never moves (e.g. a CV of rigid atoms) has no defined inefficiency; it constrains nothing.
+        series = [s for s in series if np.ptp(s) > 0]
+        if not series:
+            return 1.0
+        if len(series) == 1:
+            return float(timeseries.statistical_inefficiency(series[0], fast=False, mintime=3))
+        return float(timeseries.statistical_inefficiency_multiple(series, fast=False))
+
+    g_state = max(inefficiency([np.asarray(obs)[state]]) for obs in observables)
+    g_replica = max(inefficiency(list(replica_trajectories(obs, replica))) for obs in observables)
+    return g_state, g_replica
+
+
 def write_amber_netcdf(path: str | Path, positions_nm: np.ndarray, topology, time_ps: np.ndarray) -> None:
     """Write frames ([frame, atom, 3], nm) as an AMBER NetCDF trajectory (read by mdtraj, VMD, cpptraj).
 
