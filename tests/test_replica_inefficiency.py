@@ -52,3 +52,15 @@ def test_swaps_hide_the_slow_replicas_from_the_state_series():
 def test_a_constant_observable_constrains_nothing():
     replica = np.zeros((1, 100), dtype=int)
     assert statistical_inefficiencies([np.ones((1, 100))], replica, state=0) == (1.0, 1.0)
+
+
+def test_a_slow_walk_over_temperatures_alone_is_not_a_correlation():
+    # Independent samples in every state (white noise around a mean that grows with the state, like the
+    # energy with temperature), replicas reshuffled only every 200 frames: each replica's raw values
+    # jump between state means slowly, but the samples within a state are independent (g = 1).
+    rng = np.random.default_rng(2)
+    n_states, n_frames = 4, 20000
+    by_state = 10.0 * np.arange(n_states)[:, None] + rng.normal(size=(n_states, n_frames))
+    replica = np.repeat(np.stack([rng.permutation(n_states) for _ in range(n_frames // 200)], axis=1), 200, axis=1)
+    g_state, g_replica = statistical_inefficiencies([by_state], replica, state=0)
+    assert g_state < 1.2 and g_replica < 1.2

@@ -384,7 +384,10 @@ def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarra
     autocorrelation function at equilibrium). Swaps make a state's series look faster than the physics
     is: it hops between replicas, each of which carries its slow motions (a basin it has not left) with
     it from state to state, and returns later. A subsample by the state's inefficiency alone would then
-    make MBAR's errors optimistic; take the larger of the two.
+    make MBAR's errors optimistic; take the larger of the two. Before following the replicas, each
+    observable is standardized within each state (its mean and standard deviation there): the
+    replica's slow walk over temperatures alone (hot states have higher energies) is not a correlation
+    of the samples within a state, and would inflate the replica number.
     """
     from pymbar import timeseries
 
@@ -398,8 +401,15 @@ def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarra
         return float(timeseries.statistical_inefficiency_multiple(series, fast=False))
 
     g_state = max(inefficiency([np.asarray(obs)[state]]) for obs in observables)
-    g_replica = max(inefficiency(list(replica_trajectories(obs, replica))) for obs in observables)
+    g_replica = max(inefficiency(list(replica_trajectories(_standardized_per_state(obs), replica)))
+                    for obs in observables)
     return g_state, g_replica
+
+
+def _standardized_per_state(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    spread = values.std(axis=1, keepdims=True)
+    return (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
 def write_amber_netcdf(path: str | Path, positions_nm: np.ndarray, topology, time_ps: np.ndarray) -> None:
