@@ -60,6 +60,10 @@ BAD = [
     ("systems.alanine_dipeptide.states.phi_positive", {"phi": [-10, 180]}, "phi_negative and phi_positive overlap"),
     ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
     ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
+    # Constrained MD samples another ensemble than the models reweight to (every bond and angle free).
+    ("systems.alanine_dipeptide.constraints", "hbonds", "systems.alanine_dipeptide.constraints: 'hbonds' is not one of"),
+    ("systems.alanine_dipeptide.constraints", "allbonds", "systems.alanine_dipeptide.constraints: 'allbonds' is not one"),
+    ("systems.alanine_dipeptide.constraints", "hangles", "systems.alanine_dipeptide.constraints: 'hangles' is not one"),
     ("systems.alanine_dipeptide.cv_units", "gradians", "systems.alanine_dipeptide.cv_units"),
     # Constraints the code enforces, stated by the config (they used to fail only inside a job).
     ("systems.double_well.flow.n_layers", 1, "systems.double_well.flow.n_layers: 1 is less than the minimum of 2"),

@@ -16,7 +16,8 @@ def _harmonic_samples(temperature, n, rng):
     """Exact Boltzmann samples of E = k (x² + y²) / 2: Gaussian with variance kT / k per coordinate."""
     xy = rng.normal(scale=np.sqrt(kt_kj_mol(temperature) / SPRING), size=(n, 2))
     energy = 0.5 * SPRING * (xy ** 2).sum(1)
-    return xr.Dataset({"positions": (("sample", "cv"), xy), "energy": ("sample", energy)})
+    return xr.Dataset({"positions": (("sample", "cv"), xy), "energy": ("sample", energy)},
+                      attrs={"temperature_k": temperature})
 
 
 def test_mbar_recovers_harmonic_free_energies():

@@ -8,6 +8,11 @@ Equilibration is discarded twice: a fixed number of steps before anything is rec
 that ``pymbar.timeseries.detect_equilibration`` finds in the walker-averaged observables. Frames are then
 subsampled by the largest statistical inefficiency of the energy, x and y (estimated over all walkers with
 ``statistical_inefficiency_multiple``), so that the samples kept are effectively independent.
+
+Every ``report_interval`` steps (equilibration included, and before the first step) the run checks its
+physics and stops with a one-line :class:`~boltzflow.physics_errors.PhysicsError` when the energy is not
+finite (an expression undefined where a walker went, such as log(x) at x <= 0) or a walker has escaped
+beyond :func:`escape_limits` (an energy unbounded below, such as -x^2-y^2, accelerates walkers outward).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from boltzflow.checkpoints import Checkpoint
+from boltzflow.physics_errors import PhysicsError
 from boltzflow.settings import LangevinSettings
 from boltzflow.systems import Toy2DSystem
 
@@ -54,6 +60,38 @@ def initial_positions(system: Toy2DSystem, walkers: int, rng: np.random.Generato
     high = np.array([box[cv][1] for cv in system.cvs])
     xy = rng.uniform(low, high, size=(walkers, 2))
     return np.column_stack([xy, np.zeros(walkers)])
+
+
+#: How far outside the walkers' starting box a walker may go, in widths of the box on each side, before
+#: the run stops. Ten widths out, a bounded energy that the box frames sensibly has a Boltzmann weight of
+#: nothing; a walker there has run down an energy that is unbounded below.
+ESCAPE_WIDTHS = 10.0
+
+
+def escape_limits(system: Toy2DSystem) -> dict[str, tuple[float, float]]:
+    """Per CV, the interval (nm) a walker must stay in: the starting box widened by ``ESCAPE_WIDTHS`` widths."""
+    box = system.bounds or _state_hull(system)
+    return {cv: (box[cv][0] - ESCAPE_WIDTHS * (box[cv][1] - box[cv][0]),
+                 box[cv][1] + ESCAPE_WIDTHS * (box[cv][1] - box[cv][0])) for cv in system.cvs}
+
+
+def check_walkers(system: Toy2DSystem, temperature_k: float, xy_nm: np.ndarray, energy_kj_mol: float,
+                  step: int, limits: dict[str, tuple[float, float]]) -> None:
+    """Raise :class:`PhysicsError` if the energy (of all walkers) or a position is not finite, or a walker
+    is outside ``limits`` (from :func:`escape_limits`); ``xy_nm`` is [walker, 2], ``step`` counts from the start."""
+    where = f"MD of {system.name} at {temperature_k:g} K"
+    if not (np.isfinite(energy_kj_mol) and np.isfinite(xy_nm).all()):
+        raise PhysicsError(f"{where}: non-finite energy at step {step} (the energy expression is undefined or "
+                           f"infinite where a walker went, e.g. log(x) at x <= 0); check systems.{system.name}.energy")
+    for i, cv in enumerate(system.cvs):
+        lo, hi = limits[cv]
+        excess = np.maximum(lo - xy_nm[:, i], xy_nm[:, i] - hi)
+        walker = int(np.argmax(excess))
+        if excess[walker] > 0:
+            raise PhysicsError(
+                f"{where}: walker {walker} escaped to {cv} = {xy_nm[walker, i]:.4g} nm at step {step}, beyond "
+                f"[{lo:g}, {hi:g}] nm (the starting box widened by {ESCAPE_WIDTHS:g} widths on each side); "
+                f"the energy is probably unbounded below; check systems.{system.name}.energy")
 
 
 def _state_hull(system: Toy2DSystem) -> dict[str, tuple[float, float]]:
@@ -156,9 +194,29 @@ def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSe
             context.loadCheckpoint(openmm_state)
             log(f"  resuming from checkpoint: {first}/{n_frames} frames already recorded")
 
+    limits = escape_limits(system)
+
+    def step_and_check(steps: int, step_after: int) -> np.ndarray:
+        """Integrate ``steps`` steps, check the physics, return the x-y of every walker."""
+        import openmm
+
+        try:
+            integrator.step(steps)
+            state = context.getState(getPositions=True, getEnergy=True)
+        except openmm.OpenMMException as error:  # e.g. a NaN coordinate, on some platforms
+            raise PhysicsError(f"MD of {system.name} at {temperature_k:g} K: OpenMM stopped by step {step_after}: "
+                               f"{str(error).splitlines()[0]}") from None
+        xy = state.getPositions(asNumpy=True)._value[:, :2]
+        check_walkers(system, temperature_k, xy, state.getPotentialEnergy()._value, step_after, limits)
+        return xy
+
     start = time.perf_counter()
     if resumed is None:
-        integrator.step(settings.equilibration_steps)
+        step_and_check(0, 0)
+        # In report intervals, so that a run gone wrong stops within one interval, not after equilibration.
+        for done in range(0, settings.equilibration_steps, settings.report_interval):
+            chunk = min(settings.report_interval, settings.equilibration_steps - done)
+            step_and_check(chunk, done + chunk)
         if checkpoint is not None:
             checkpoint.save(positions, 0, 0, context.createCheckpoint())
     progress_every = max(1, n_frames // 10)
@@ -166,9 +224,8 @@ def run_langevin(system: Toy2DSystem, temperature_k: float, settings: LangevinSe
     total = settings.equilibration_steps + n_frames * settings.report_interval
     steps_before = 0 if resumed is None else settings.equilibration_steps + first * settings.report_interval
     for frame in range(first, n_frames):
-        integrator.step(settings.report_interval)
-        state = context.getState(getPositions=True)
-        positions[frame] = state.getPositions(asNumpy=True)._value[:, :2]
+        positions[frame] = step_and_check(settings.report_interval,
+                                          settings.equilibration_steps + (frame + 1) * settings.report_interval)
         if (frame + 1) % progress_every == 0 or frame + 1 == n_frames:
             elapsed = time.perf_counter() - start
             done = settings.equilibration_steps + (frame + 1) * settings.report_interval

@@ -16,7 +16,9 @@ Metropolis criterion of :func:`swap_acceptance_probability`. The potential is th
 so the energy read from a Context is the energy of its configuration in any state.
 
 Python touches the Contexts only every ``report_interval`` steps (or at exchanges during equilibration),
-so integration runs at nearly the speed of raw ``integrator.step``.
+so integration runs at nearly the speed of raw ``integrator.step``. Each time, it checks that the potential
+energy is finite, and stops with a one-line :class:`~boltzflow.physics_errors.PhysicsError` naming the
+temperature and the step if it is not (or if OpenMM itself gives up on a NaN coordinate).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 from boltzflow.checkpoints import Checkpoint
 from boltzflow.io import atomic_path
+from boltzflow.physics_errors import PhysicsError
 from boltzflow.settings import ReplicaExchangeSettings
 from boltzflow.units import MOLAR_GAS_CONSTANT_KJ_MOL_K
 
@@ -171,7 +174,8 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     start = time.perf_counter()
     for exchange in range(first, total_exchanges):
         frame0 = (exchange - settings.equilibration_exchanges) * frames_per_exchange
-        energies = _advance(contexts, settings, record, frame0 if frame0 >= 0 else None, frames_per_exchange)
+        energies = _advance(contexts, settings, record, frame0 if frame0 >= 0 else None, frames_per_exchange,
+                            temperatures_k, exchange * settings.steps_per_exchange)
         _attempt_swaps(contexts, temperatures_k, energies, exchange, rng, record,
                        count=exchange >= settings.equilibration_exchanges)
         done = exchange + 1
@@ -234,27 +238,46 @@ def _start(contexts, positions_nm, temperatures_k, seed) -> None:
                                            openmm_seed(seed, temperature_k, "velocities"))
 
 
-def _advance(contexts, settings, record: _Record, frame0: int | None, frames_per_exchange: int) -> np.ndarray:
+def _advance(contexts, settings, record: _Record, frame0: int | None, frames_per_exchange: int,
+             temperatures_k, step0: int) -> np.ndarray:
     """Run ``steps_per_exchange`` steps in every state; record frames from ``frame0`` unless it is None.
 
-    Returns the potential energy (kJ/mol) of each state's configuration at the end.
+    Returns the potential energy (kJ/mol) of each state's configuration at the end. ``step0`` is the
+    number of steps per replica before this call (for the message of a :class:`PhysicsError`).
     """
     energies = np.empty(len(contexts))
     for k, context in enumerate(contexts):
-        integrator = context.getIntegrator()
         if frame0 is None:
             # Equilibration: one call for the whole interval, one read of the energy.
-            integrator.step(settings.steps_per_exchange)
-            state = context.getState(getEnergy=True)
+            state = _step(context, settings.steps_per_exchange, temperatures_k[k], step0 + settings.steps_per_exchange)
         else:
-            for frame in range(frame0, frame0 + frames_per_exchange):
-                integrator.step(settings.report_interval)
-                state = context.getState(getPositions=True, getEnergy=True)
+            for i, frame in enumerate(range(frame0, frame0 + frames_per_exchange)):
+                state = _step(context, settings.report_interval, temperatures_k[k],
+                              step0 + (i + 1) * settings.report_interval, positions=True)
                 record.positions_nm[k, frame] = state.getPositions(asNumpy=True)._value
                 record.energy_kj_mol[k, frame] = state.getPotentialEnergy()._value
                 record.replica[k, frame] = record.state_replica[k]
         energies[k] = state.getPotentialEnergy()._value
     return energies
+
+
+def _step(context, steps: int, temperature_k: float, step_after: int, positions: bool = False):
+    """Integrate ``steps`` steps and return the state (energy, and positions if asked), or raise
+    :class:`PhysicsError` if the potential energy is not finite there."""
+    import openmm
+
+    try:
+        context.getIntegrator().step(steps)
+        state = context.getState(getPositions=positions, getEnergy=True)
+    except openmm.OpenMMException as error:  # e.g. a NaN coordinate, on some platforms
+        raise PhysicsError(f"replica exchange at {temperature_k:g} K: OpenMM stopped by step {step_after}: "
+                           f"{str(error).splitlines()[0]}") from None
+    energy = state.getPotentialEnergy()._value
+    if not np.isfinite(energy):
+        raise PhysicsError(f"replica exchange at {temperature_k:g} K: non-finite potential energy ({energy}) "
+                           f"at step {step_after} per replica; the force field or structure gives an "
+                           "undefined energy there")
+    return state
 
 
 def _attempt_swaps(contexts, temperatures_k, energies, exchange: int, rng: np.random.Generator,
@@ -342,6 +365,51 @@ class _Checkpoint:
 
     def remove(self) -> None:
         self.file.remove()
+
+
+def replica_trajectories(values: np.ndarray, replica: np.ndarray) -> np.ndarray:
+    """State-indexed ``values[k, frame]`` → replica-indexed ``[r, frame]``: each replica's value at each
+    frame, in whichever state it was (``replica[k, frame]`` is the replica in state k, as recorded)."""
+    values, replica = np.asarray(values), np.asarray(replica)
+    by_replica = np.empty_like(values)
+    by_replica[replica, np.arange(values.shape[1])[None, :]] = values
+    return by_replica
+
+
+def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarray, state: int) -> tuple[float, float]:
+    """(state-indexed, replica-indexed) statistical inefficiency in frames, each the largest over ``observables``.
+
+    Each observable is state-indexed, ``[state, frame]``. The first number is that of state ``state``'s
+    time series; the second that of the replica trajectories (pooled over replicas, which share one
+    autocorrelation function at equilibrium). Swaps make a state's series look faster than the physics
+    is: it hops between replicas, each of which carries its slow motions (a basin it has not left) with
+    it from state to state, and returns later. A subsample by the state's inefficiency alone would then
+    make MBAR's errors optimistic; take the larger of the two. Before following the replicas, each
+    observable is standardized within each state (its mean and standard deviation there): the
+    replica's slow walk over temperatures alone (hot states have higher energies) is not a correlation
+    of the samples within a state, and would inflate the replica number.
+    """
+    from pymbar import timeseries
+
+    def inefficiency(series: list[np.ndarray]) -> float:
+        # A series that never moves (e.g. a CV of rigid atoms) has no defined inefficiency; it constrains nothing.
+        series = [s for s in series if np.ptp(s) > 0]
+        if not series:
+            return 1.0
+        if len(series) == 1:
+            return float(timeseries.statistical_inefficiency(series[0], fast=False, mintime=3))
+        return float(timeseries.statistical_inefficiency_multiple(series, fast=False))
+
+    g_state = max(inefficiency([np.asarray(obs)[state]]) for obs in observables)
+    g_replica = max(inefficiency(list(replica_trajectories(_standardized_per_state(obs), replica)))
+                    for obs in observables)
+    return g_state, g_replica
+
+
+def _standardized_per_state(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    spread = values.std(axis=1, keepdims=True)
+    return (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
 def write_amber_netcdf(path: str | Path, positions_nm: np.ndarray, topology, time_ps: np.ndarray) -> None:

@@ -233,12 +233,13 @@ def train_flow(
 
     Optimization (:func:`train`): Adam with a cosine learning-rate schedule from ``learning_rate`` down
     to 0 over ``steps`` steps, gradient norm clipped to ``MAX_GRAD_NORM``. Minibatches are drawn
-    uniformly with replacement from the training split. A random ``validation_fraction`` of ``data``
-    is held out (0 disables validation; the validation NLL is then NaN).
+    uniformly with replacement from the training split. The rows of ``data`` are in time order, and
+    the last :func:`validation_count` of them are held out, a contiguous block of the trajectory: frames
+    drawn at random would each have autocorrelated neighbours in the training split, and the validation
+    NLL would not show overfitting (0 disables validation; the validation NLL is then NaN).
 
-    Reproducible on CPU for a given ``seed``: the global RNG is seeded, and the validation split
-    (seed), minibatch indices (seed + 1) and flow samples (seed + 2) each come from their own seeded
-    ``torch.Generator``.
+    Reproducible on CPU for a given ``seed``: the global RNG is seeded, and the minibatch indices
+    (seed + 1) and flow samples (seed + 2) each come from their own seeded ``torch.Generator``.
 
     Every ``log_every`` steps and at the last step, a record is taken and a line logged with
     ``log``. Returns numpy arrays, one entry per record:
@@ -271,8 +272,8 @@ def train_flow(
         raise ValueError("energy_weight > 0 needs a reduced_energy")
     data = training_data(data, model, min_samples=2)
 
-    split_gen = torch.Generator(device=data.device).manual_seed(seed)
-    train_split, validation = _split(data, validation_fraction, split_gen)
+    n_validation = validation_count(len(data), validation_fraction)
+    train_split, validation = data[:len(data) - n_validation], data[len(data) - n_validation:]
     objective = _FlowObjective(
         model, train_split, validation, batch_size=batch_size,
         reduced_energy=reduced_energy if energy_weight > 0 else None, energy_weight=energy_weight,
@@ -284,14 +285,11 @@ def train_flow(
     return {name: curves[name] for name in FLOW_CURVES}
 
 
-def _split(data: torch.Tensor, validation_fraction: float, generator: torch.Generator):
-    """(training, validation) rows of ``data``: a random ``validation_fraction`` held out, at least one
-    row when the fraction is positive, and at least one row always left for training."""
-    n = data.shape[0]
+def validation_count(n: int, validation_fraction: float) -> int:
+    """Rows of ``n`` held out for validation: ``validation_fraction`` of them, at least one when the
+    fraction is positive, and at least one row always left for training."""
     n_val = int(round(validation_fraction * n))
-    n_val = min(max(n_val, 1 if validation_fraction > 0 else 0), n - 1)
-    permutation = torch.randperm(n, generator=generator, device=data.device)
-    return data[permutation[n_val:]], data[permutation[:n_val]]
+    return min(max(n_val, 1 if validation_fraction > 0 else 0), n - 1)
 
 
 class _FlowObjective:

@@ -11,6 +11,6 @@ from boltzflow.systems import system_from_config
 params = snakemake.params.system
 system = system_from_config(snakemake.wildcards.system, params)
 md = [read_netcdf(path) for path in snakemake.input.md]
-ladder, observables = mbar_stage(system, md, params["bins"], log=log)
+ladder, observables = mbar_stage(system, md, params["bins"], log=log, names=list(snakemake.input.md))
 write_netcdf(ladder, snakemake.output.ladder, config=params)
 write_netcdf(observables, snakemake.output.observables, config=params)

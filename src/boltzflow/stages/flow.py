@@ -7,6 +7,7 @@ ones on the circle (a Boltzmann generator). The saved file holds the whole :clas
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
 from boltzflow.devices import select_device
@@ -17,9 +18,28 @@ from boltzflow.stages.datasets import samples_dataset, variable
 ESS_MONITOR_SAMPLES = 2000
 
 
+def validation_split(md: xr.Dataset, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) sample indices of an MD dataset; validation is the last stretch in time.
+
+    Samples are ordered by their ``time`` (stable, so the walkers of one frame keep their order), and the
+    last :func:`boltzflow.training.validation_count` are held out: for every walker (toys) or every
+    replica passing through the state (molecules) its validation frames come after all its training
+    frames, a contiguous block of its trajectory, not autocorrelated neighbours of training frames.
+    A dataset without ``time`` is taken to be stored in time order, as both MD routes store samples.
+    """
+    from boltzflow.training import validation_count
+
+    order = np.argsort(md["time"].values, kind="stable") if "time" in md else np.arange(md.sizes["sample"])
+    n_train = len(order) - validation_count(len(order), validation_fraction)
+    return order[:n_train], order[n_train:]
+
+
 def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, checkpoint_path=None,
              energy_workers: int = 1):
     """Train a flow on every target-temperature MD sample → (FlowGenerator, training curves).
+
+    The last ``validation_fraction`` of the run in time is held out for the validation NLL
+    (:func:`validation_split`).
 
     Maximum likelihood on the model coordinates, standardized by the data mean and standard deviation
     (circular coordinates: by their circular mean), plus ``energy_weight`` × the reverse KL to the
@@ -34,7 +54,10 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
 
     device = select_device(settings.device, log=log)
     torch.manual_seed(settings.seed)
-    coordinates = system.model_coordinates(target_md["positions"].values, wrap_all_torsions=False)
+    # Training rows first, then the validation block that train_flow holds out (the last rows).
+    train_index, validation_index = validation_split(target_md, settings.validation_fraction)
+    positions = target_md["positions"].values[np.concatenate([train_index, validation_index])]
+    coordinates = system.model_coordinates(positions, wrap_all_torsions=False)
     data = coordinates.y.to(torch.get_default_dtype())
     circular = coordinates.circular
     loc = torch.where(circular, torch.zeros_like(data[0]), data.mean(0))

@@ -7,6 +7,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow import estimators
+from boltzflow.physics_errors import PhysicsError
 from boltzflow.stages.datasets import grid_coords, independent_samples, surface_effective_name, surface_name, variable
 from boltzflow.units import kt_kj_mol
 
@@ -26,25 +27,64 @@ def grid_edges(system, positions: np.ndarray, bins: int) -> dict[str, np.ndarray
     return edges
 
 
-def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print):
+class MDFileError(ValueError):
+    """An MD file does not belong where it was given (another temperature); the message names the file."""
+
+
+def check_ladder(system, md: list[xr.Dataset], names: list[str]) -> None:
+    """Each MD dataset's ``temperature_k`` attribute must be the ladder temperature at its place.
+
+    MBAR pairs each file's samples with its place in ``system.temperatures_k``; a file of another
+    temperature there (a stale file, a reordered input) would give wrong free energies without a sign.
+    """
+    ladder = list(system.temperatures_k)
+    if len(md) != len(ladder):
+        raise MDFileError(f"MBAR of {system.name}: {len(md)} MD files for a ladder of {len(ladder)} "
+                          f"temperatures ({', '.join(f'{t:g}' for t in ladder)} K)")
+    for dataset, name, temperature_k in zip(md, names, ladder):
+        recorded = dataset.attrs.get("temperature_k")
+        if recorded is None:
+            raise MDFileError(f"{name}: no temperature_k attribute; expected an MD file at {temperature_k:g} K")
+        if not np.isclose(float(recorded), temperature_k, rtol=0, atol=1e-6):
+            raise MDFileError(f"{name}: MD at {float(recorded):g} K given for the ladder temperature "
+                              f"{temperature_k:g} K (ladder {', '.join(f'{t:g}' for t in ladder)} K)")
+
+
+def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[str] | None = None):
     """MBAR over the ladder → (ladder free energies, reference observables at the target temperature).
 
-    ``md`` holds one dataset per temperature of the ladder (first = target); only their independent
-    samples enter MBAR, and so state ΔF and every standard error. Where the files hold more frames than
-    that (replica exchange keeps every frame), the surface and the profile values are histograms of all
-    frames with MBAR weights from the same free energies: the same estimate, far less bin noise.
+    ``md`` holds one dataset per temperature of the ladder, in ladder order (first = target), each
+    recording its ``temperature_k`` (checked: :class:`MDFileError` naming the file, from ``names``, the
+    input paths); only their independent samples enter MBAR, and so state ΔF and every standard error.
+    Where the files hold more frames than that (replica exchange keeps every frame), the surface and
+    the profile values are histograms of all frames with MBAR weights from the same free energies: the
+    same estimate, far less bin noise. A non-finite energy or a failure of pymbar raises a one-line
+    :class:`~boltzflow.physics_errors.PhysicsError`.
     """
+    names = names or [f"MD dataset {i} ({t:g} K)" for i, t in enumerate(system.temperatures_k)]
+    check_ladder(system, md, names)
     all_frames = md
     md = [independent_samples(ds) for ds in md]
     energies = [ds["energy"].values for ds in md]
+    for name, energy in zip(names, energies):
+        if not np.isfinite(energy).all():
+            raise PhysicsError(f"MBAR of {system.name}: {int((~np.isfinite(energy)).sum())} of {len(energy)} "
+                               f"samples in {name} have a non-finite energy")
     positions = np.concatenate([ds["positions"].values for ds in md])
     pooled = np.concatenate(energies)
     temperatures = np.array(system.temperatures_k)
     u_kn = pooled[None, :] / kt_kj_mol(temperatures)[:, None]
     n_k = np.array([len(e) for e in energies])
     log(f"MBAR on {n_k.sum()} samples over {len(n_k)} temperatures: N_k = {n_k.tolist()}")
-    mbar = estimators.build_mbar(u_kn, n_k)
-    f, df = estimators.mbar_ladder_free_energies(mbar)
+    try:
+        mbar = estimators.build_mbar(u_kn, n_k)
+        f, df = estimators.mbar_ladder_free_energies(mbar)
+    # pymbar fails with several exception types (ParameterError, LinAlgError, ValueError, ...); each
+    # means the same to a user: the MD does not support an MBAR estimate.
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise PhysicsError(f"MBAR of {system.name} over {', '.join(f'{t:g}' for t in temperatures)} K failed: "
+                           f"{type(error).__name__}: {reason}") from None
     ladder = xr.Dataset(
         {"f": variable("temperature", f, "1", "reduced free energy -ln Z relative to the first temperature"),
          "df": variable("temperature", df, "1", "standard error of f")},

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.md import decorrelate, run_langevin
+from boltzflow.physics_errors import PhysicsError
 from boltzflow.settings import LangevinSettings
 from boltzflow.stages.datasets import variable
 
@@ -58,8 +59,11 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
                                    platform_properties=platform_properties(platform, threads))
     log(f"replica exchange of {system.name} ({molecule.n_atoms} atoms) over "
         f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}")
-    result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
-                                  settings, log=log, checkpoint_path=checkpoint_path)
+    try:
+        result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
+                                      settings, log=log, checkpoint_path=checkpoint_path)
+    except PhysicsError as error:
+        raise PhysicsError(f"{system.name}: {error}") from None
     ns = result.steps_integrated * settings.timestep_fs * 1e-6
     ns_per_day = ns / result.wall_seconds * 86400 if result.wall_seconds > 0 else np.nan
     log("exchange acceptance per neighbour pair: " + ", ".join(f"{a:.3f}" for a in result.acceptance))
@@ -88,10 +92,13 @@ def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=
     """One temperature of a replica exchange run, in the per-temperature MD contract.
 
     Every recorded frame is kept (the models train on all of them); ``independent`` marks the subsample
-    that MBAR uses, one frame per statistical inefficiency of the slowest of the energy and the
-    cosine and sine of each CV along the state's time series.
+    that MBAR uses, one frame per statistical inefficiency: the largest over the energy and the cosine
+    and sine of each CV, of the state's time series and of the replica trajectories
+    (:func:`boltzflow.replica_exchange.statistical_inefficiencies`), so that MBAR's errors are not optimistic.
     """
     from pymbar import timeseries
+
+    from boltzflow.replica_exchange import statistical_inefficiencies
 
     k = int(np.argmin(np.abs(replicas["temperature"].values - temperature_k)))
     if not np.isclose(replicas["temperature"].values[k], temperature_k):
@@ -99,14 +106,19 @@ def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=
     positions = replicas["positions"].values[k]
     energy = replicas["energy"].values[k]
     cvs = system.cv_values(positions)
+    # The CVs of every state's frames, [state, frame], for the replica trajectories.
+    all_positions = replicas["positions"].values
+    all_cvs = system.cv_values(all_positions.reshape(-1, *all_positions.shape[2:]))
     scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
-    series = [energy] + [f(cvs[cv] * scale) for cv in system.cvs for f in (np.cos, np.sin)]
-    inefficiency = max(_statistical_inefficiency(timeseries, s) for s in series)
+    series = [replicas["energy"].values] + [f(all_cvs[cv].reshape(all_positions.shape[:2]) * scale)
+                                            for cv in system.cvs for f in (np.cos, np.sin)]
+    g_state, g_replica = statistical_inefficiencies(series, replicas["replica"].values, k)
+    inefficiency = max(g_state, g_replica)
     kept = timeseries.subsample_correlated_data(np.arange(len(energy)), g=inefficiency)
     independent = np.zeros(len(energy), dtype=np.int8)
     independent[kept] = 1
-    log(f"{temperature_k:g} K: {len(energy)} frames, statistical inefficiency {inefficiency:.1f} frames, "
-        f"{len(kept)} independent samples for MBAR")
+    log(f"{temperature_k:g} K: {len(energy)} frames, statistical inefficiency {inefficiency:.1f} frames "
+        f"(state series {g_state:.1f}, replica trajectories {g_replica:.1f}), {len(kept)} independent samples for MBAR")
     return xr.Dataset(
         {
             "positions": variable(("sample", "atom", "spatial"), positions, "nm", "Cartesian positions"),
@@ -118,12 +130,7 @@ def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=
             "time": variable("sample", replicas["time"].values, "ps", "MD time per replica"),
         },
         coords={"cv": list(system.cvs), "spatial": ["x", "y", "z"]},
-        attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency},
+        attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency,
+               "statistical_inefficiency_state_frames": g_state,
+               "statistical_inefficiency_replica_frames": g_replica},
     )
-
-
-def _statistical_inefficiency(timeseries, values: np.ndarray) -> float:
-    # A constant series (e.g. a CV that never moves) has no defined inefficiency; it constrains nothing.
-    if np.ptp(values) == 0:
-        return 1.0
-    return float(timeseries.statistical_inefficiency(values, fast=False, mintime=3))
