@@ -144,19 +144,30 @@ def test_histogram_divergences_match_hand_computed_values():
     assert estimators.histogram_divergences(p, p) == (0.0, 0.0)
 
 
-def test_mbar_log_weights_of_the_solved_samples_are_mbars_own_weights():
-    rng = np.random.default_rng(4)
-    # Harmonic oscillator at three temperatures: u_k(x) = x^2 / (2 T_k) in units where k = 1.
-    temperatures = np.array([1.0, 1.5, 2.0])
-    x = np.concatenate([rng.normal(0, np.sqrt(t), 400) for t in temperatures])
-    u_kn = (x**2 / 2)[None, :] / temperatures[:, None]
-    n_k = np.array([400, 400, 400])
-    mbar = estimators.build_mbar(u_kn, n_k)
-    log_w = estimators.mbar_log_weights(mbar, u_kn, n_k, u_kn[0])
-    expected = np.log(mbar.weights()[:, 0])
-    np.testing.assert_allclose(log_w - log_w.max(), expected - expected.max(), atol=1e-8)
-    # On fresh samples the weighted second moment is the target's variance, 1.
-    fresh = np.concatenate([rng.normal(0, np.sqrt(t), 4000) for t in temperatures])
-    u_fresh = (fresh**2 / 2)[None, :] / temperatures[:, None]
-    w = np.exp(estimators.mbar_log_weights(mbar, u_fresh, np.array([4000] * 3), u_fresh[0]))
-    assert np.sum(w * fresh**2) / np.sum(w) == pytest.approx(1.0, abs=0.05)
+
+
+def test_mbar_on_correlated_frames_scales_its_errors_by_the_statistical_inefficiency():
+    # Each independent sample repeated g times (perfectly correlated frames, as replica exchange records
+    # them) and marked with g: the same estimates, and the errors of the independent samples, not 1/√g of them.
+    temperatures = (300.0, 450.0)
+    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
+              StateBox("right", {"x": (0.0, np.inf), "y": (-np.inf, np.inf)}))
+    system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
+                         bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
+    rng = np.random.default_rng(5)
+    independent = [_harmonic_samples(t, 1500, rng) for t in temperatures]
+    g = 4
+    repeated = []
+    for ds in independent:
+        copies = ds.isel(sample=np.repeat(np.arange(ds.sizes["sample"]), g))
+        copies["independent"] = ("sample", (np.arange(copies.sizes["sample"]) % g == 0).astype(np.int8))
+        copies.attrs["statistical_inefficiency_frames"] = float(g)
+        repeated.append(copies)
+    quiet = lambda _: None  # noqa: E731
+    ladder_1, observables_1 = mbar_stage(system, independent, bins=10, log=quiet)
+    ladder_g, observables_g = mbar_stage(system, repeated, bins=10, log=quiet)
+    np.testing.assert_allclose(observables_g["delta_f"], observables_1["delta_f"], atol=1e-6)
+    np.testing.assert_allclose(observables_g["delta_f_err"], observables_1["delta_f_err"], rtol=1e-3, atol=1e-8)
+    np.testing.assert_allclose(ladder_g["df"], ladder_1["df"], rtol=1e-3, atol=1e-9)
+    assert observables_g.attrs["statistical_inefficiency_frames"] == g
+    np.testing.assert_allclose(observables_g["n_eff_state"], observables_1["n_eff_state"], rtol=1e-6)

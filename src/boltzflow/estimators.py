@@ -40,18 +40,6 @@ def mbar_ladder_free_energies(mbar) -> tuple[np.ndarray, np.ndarray]:
     return result["Delta_f"][0], result["dDelta_f"][0]
 
 
-def mbar_log_weights(mbar, u_kn: np.ndarray, n_k: np.ndarray, u_target: np.ndarray) -> np.ndarray:
-    """Log-weights at the target of samples u_kn [state, n] from states with n_k samples each, using the
-    free energies f_k of an already solved ``mbar``: ln w_n = -u_target(x_n) - ln Σ_k n_k exp(f_k - u_k(x_n)).
-
-    The samples need not be the ones ``mbar`` was solved on: with every recorded frame (correlated, so
-    unfit for MBAR's error estimates) they give smoother histograms than the decorrelated subsample.
-    """
-    f_k = mbar.f_k
-    log_mixture = logsumexp(np.log(n_k)[:, None] + f_k[:, None] - u_kn, axis=0)
-    return -u_target - log_mixture
-
-
 def _restrict(u_target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, u_target, u_target + _OUTSIDE)
 

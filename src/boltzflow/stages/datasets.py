@@ -32,13 +32,6 @@ def edges_from(observables: xr.Dataset, cv: str) -> np.ndarray:
     return observables[f"{cv}_edges"].values
 
 
-def independent_samples(md: xr.Dataset) -> xr.Dataset:
-    """The effectively independent samples of an MD file (all of them unless it marks a subset)."""
-    if "independent" in md:
-        return md.isel(sample=md["independent"].values.astype(bool))
-    return md
-
-
 def samples_dataset(system, x, log_q, u) -> xr.Dataset:
     """Model samples with ln q, u and the log-weights; x is [n, *system.position_dims] in nm."""
     log_w, n_nonfinite = estimators.log_weights(u, log_q)

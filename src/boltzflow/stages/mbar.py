@@ -8,7 +8,7 @@ import xarray as xr
 
 from boltzflow import estimators
 from boltzflow.physics_errors import PhysicsError
-from boltzflow.stages.datasets import grid_coords, independent_samples, surface_effective_name, surface_name, variable
+from boltzflow.stages.datasets import grid_coords, surface_effective_name, surface_name, variable
 from boltzflow.units import kt_kj_mol
 
 
@@ -55,16 +55,19 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
 
     ``md`` holds one dataset per temperature of the ladder, in ladder order (first = target), each
     recording its ``temperature_k`` (checked: :class:`MDFileError` naming the file, from ``names``, the
-    input paths); only their independent samples enter MBAR, and so state ΔF and every standard error.
-    Where the files hold more frames than that (replica exchange keeps every frame), the surface and
-    the profile values are histograms of all frames with MBAR weights from the same free energies: the
-    same estimate, far less bin noise. A non-finite energy or a failure of pymbar raises a one-line
+    input paths). Files of decorrelated samples (toy walkers) enter MBAR as they are. Files that keep every
+    frame and mark an ``independent`` subsample (replica exchange) enter with every frame, and every
+    standard error and effective sample count is scaled by the largest statistical inefficiency g of the
+    files (frames per independent sample; √g on errors, 1/g on counts): MBAR's estimate is consistent on
+    correlated frames and far less noisy than on the few independent ones, while its asymptotic errors
+    would assume every frame independent. A non-finite energy or a failure of pymbar raises a one-line
     :class:`~boltzflow.physics_errors.PhysicsError`.
     """
     names = names or [f"MD dataset {i} ({t:g} K)" for i, t in enumerate(system.temperatures_k)]
     check_ladder(system, md, names)
-    all_frames = md
-    md = [independent_samples(ds) for ds in md]
+    correlated = any("independent" in ds for ds in md)
+    g = max(float(ds.attrs.get("statistical_inefficiency_frames", 1.0)) for ds in md) if correlated else 1.0
+    g = max(g, 1.0)
     energies = [ds["energy"].values for ds in md]
     for name, energy in zip(names, energies):
         if not np.isfinite(energy).all():
@@ -75,7 +78,9 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
     temperatures = np.array(system.temperatures_k)
     u_kn = pooled[None, :] / kt_kj_mol(temperatures)[:, None]
     n_k = np.array([len(e) for e in energies])
-    log(f"MBAR on {n_k.sum()} samples over {len(n_k)} temperatures: N_k = {n_k.tolist()}")
+    log(f"MBAR on {n_k.sum()} samples over {len(n_k)} temperatures: N_k = {n_k.tolist()}"
+        + (f"; errors scaled by the statistical inefficiency g = {g:.1f} frames (about {n_k.sum() / g:.0f} "
+           "independent samples)" if correlated else ""))
     try:
         mbar = estimators.build_mbar(u_kn, n_k)
         f, df = estimators.mbar_ladder_free_energies(mbar)
@@ -85,15 +90,18 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
         reason = (str(error).strip().splitlines() or [""])[0]
         raise PhysicsError(f"MBAR of {system.name} over {', '.join(f'{t:g}' for t in temperatures)} K failed: "
                            f"{type(error).__name__}: {reason}") from None
+    scale = np.sqrt(g)
     ladder = xr.Dataset(
         {"f": variable("temperature", f, "1", "reduced free energy -ln Z relative to the first temperature"),
-         "df": variable("temperature", df, "1", "standard error of f")},
+         "df": variable("temperature", df * scale, "1", "standard error of f")},
         coords={"temperature": ("temperature", temperatures, {"units": "K", "long_name": "temperature"})},
     )
+    ladder.attrs["statistical_inefficiency_frames"] = g
 
     u_target = u_kn[0]
-    cvs = subsample_cvs = system.cv_values(positions)
+    cvs = system.cv_values(positions)
     delta_f, delta_f_err = estimators.mbar_state_delta_f(mbar, u_target, cvs, system.states)
+    delta_f_err = delta_f_err * scale
     log("MBAR ΔF at target: " + ", ".join(
         f"{s.name} {v:.3f} ± {e:.3f} kT" for s, v, e in zip(system.states, delta_f, delta_f_err)))
     edges = grid_edges(system, md[0]["positions"].values, bins)
@@ -103,37 +111,27 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
         coords=grid_coords(system, edges),
     )
     log_w_target = np.log(mbar.weights()[:, 0])
-    # Effective samples per state and bin from the decorrelated subsample (all frames would overcount).
-    decorrelated_log_w = log_w_target
+    counted = "Kish effective samples of the MBAR weights in the {}, over the statistical inefficiency"
     observables["n_eff_state"] = variable("state", [
-        estimators.effective_samples(np.where(state.contains(subsample_cvs), decorrelated_log_w, -np.inf))
-        for state in system.states], "1", "Kish effective samples of the MBAR weights in the state (decorrelated frames)")
-    if sum(ds.sizes["sample"] for ds in all_frames) > n_k.sum():
-        energies_all = np.concatenate([ds["energy"].values for ds in all_frames])
-        u_all = energies_all[None, :] / kt_kj_mol(temperatures)[:, None]
-        counts = np.array([ds.sizes["sample"] for ds in all_frames])
-        log_w_target = estimators.mbar_log_weights(mbar, u_all, counts, u_all[0])
-        cvs = system.cv_values(np.concatenate([ds["positions"].values for ds in all_frames]))
-        log(f"surfaces and profile values from all {counts.sum()} frames with the MBAR free energies")
+        estimators.effective_samples(np.where(state.contains(cvs), log_w_target, -np.inf)) / g
+        for state in system.states], "1", counted.format("state"))
     for cv in system.cvs:
-        profile, error = estimators.mbar_profile(mbar, u_target, subsample_cvs[cv], edges[cv])
-        if len(log_w_target) > len(u_target):
-            profile = estimators.weighted_profile(cvs[cv], log_w_target, edges[cv])
+        profile, error = estimators.mbar_profile(mbar, u_target, cvs[cv], edges[cv])
         observables[f"F_{cv}"] = variable(cv, profile, "kT", f"free-energy profile -ln(p / bin width) along {cv}")
-        observables[f"dF_{cv}"] = variable(cv, error, "kT", f"standard error of F_{cv} (MBAR, decorrelated samples)")
-        index = estimators.bin_index(subsample_cvs[cv], edges[cv])
+        observables[f"dF_{cv}"] = variable(cv, error * scale, "kT", f"standard error of F_{cv} (MBAR)")
+        index = estimators.bin_index(cvs[cv], edges[cv])
         observables[f"n_eff_{cv}"] = variable(cv, estimators.binned_effective_samples(
-            index, decorrelated_log_w, len(edges[cv]) - 1), "1", "Kish effective samples in the bin (decorrelated frames)")
+            index, log_w_target, len(edges[cv]) - 1) / g, "1", counted.format("bin"))
     first, second = system.cvs[:2]
     surface = estimators.weighted_surface(cvs[first], cvs[second], log_w_target, edges[first], edges[second])
     observables[surface_name(system)] = variable(system.cvs[:2], surface, "kT",
                                              f"free-energy surface -ln(p / bin area) over ({first}, {second})")
     n_first, n_second = len(edges[first]) - 1, len(edges[second]) - 1
-    index_first = estimators.bin_index(subsample_cvs[first], edges[first])
-    index_second = estimators.bin_index(subsample_cvs[second], edges[second])
+    index_first = estimators.bin_index(cvs[first], edges[first])
+    index_second = estimators.bin_index(cvs[second], edges[second])
     flat = np.where((index_first >= 0) & (index_second >= 0), index_first * n_second + index_second, -1)
     observables[surface_effective_name(system)] = variable(system.cvs[:2], estimators.binned_effective_samples(
-        flat, decorrelated_log_w, n_first * n_second).reshape(n_first, n_second), "1",
-        "Kish effective samples in the bin (decorrelated frames)")
+        flat, log_w_target, n_first * n_second).reshape(n_first, n_second) / g, "1", counted.format("bin"))
     observables.attrs["n_samples"] = int(n_k.sum())
+    observables.attrs["statistical_inefficiency_frames"] = g
     return ladder, observables
