@@ -7,7 +7,7 @@ import xarray as xr
 from scipy.special import erf
 
 from boltzflow import estimators
-from boltzflow.reliability import Diagnostics, pareto_k, verdict
+from boltzflow.reliability import Diagnostics, pareto_k, pareto_k_threshold, verdict
 from boltzflow.settings import AnalysisSettings
 from boltzflow.stages.datasets import grid_coords, samples_dataset
 from boltzflow.stages.quadrature import QuadratureError, quadrature_stage
@@ -42,8 +42,23 @@ def test_effective_samples_count_weight_per_bin():
     np.testing.assert_allclose(n_eff, [2.0, 1.0, 0.0])  # bin 1: (2 + 0)² / 4 = 1; outside ignored
     assert estimators.effective_samples(np.log([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
     assert estimators.effective_samples(np.full(3, -np.inf)) == 0.0
-    copies = np.array([[0.0, 1.0], [0.0, 1.0], [2.0, 3.0]])
-    np.testing.assert_array_equal(estimators.first_occurrences(copies).sum(), 2)
+    # 60 copies of one sample and 40 distinct ones, equal weights: the copies are one sample carrying 60x the
+    # weight, so Kish gives (100)² / (60² + 40) = 2.75, not 41.
+    positions = np.concatenate([np.zeros((60, 2)), np.arange(80.0).reshape(40, 2) + 1])
+    merged, first = estimators.merge_copies(np.zeros(100), estimators.copy_groups(positions))
+    assert len(merged) == 41 and estimators.effective_samples(merged) == pytest.approx(100 ** 2 / (60 ** 2 + 40))
+    index = np.r_[np.zeros(60, int), np.ones(40, int)]
+    np.testing.assert_allclose(estimators.binned_effective_samples(index[first], merged, 2), [1.0, 40.0])
+
+
+def test_pareto_k_is_nan_not_a_crash_for_short_or_tied_tails():
+    rng = np.random.default_rng(2)
+    for n in (10, 15, 24):  # arviz-stats needs at least 5 tail draws (n / 5)
+        assert np.isnan(pareto_k(rng.normal(size=n)))
+    tied = np.r_[rng.normal(size=100), np.zeros(40) + 5.0]  # the top 40 weights equal
+    assert np.isnan(pareto_k(tied)) or pareto_k(tied) < 0.7
+    assert pareto_k_threshold(100, 0.7) == pytest.approx(0.5)
+    assert pareto_k_threshold(1e6, 0.7) == 0.7
 
 
 def test_replicate_spread_is_the_standard_error_of_the_pooled_mean():
@@ -54,7 +69,10 @@ def test_replicate_spread_is_the_standard_error_of_the_pooled_mean():
     replicate = np.repeat(np.arange(runs), n)
     result = estimators.replicate_spread(lambda lw: [estimators.log_partition_function(lw)], log_w, replicate)
     per_run = [estimators.log_partition_function(log_w[replicate == r]) for r in range(runs)]
-    assert result.standard_error[0] == pytest.approx(np.std(per_run, ddof=1) / np.sqrt(runs))
+    # Widened by t_{R-1}(Φ(2)) / 2 so that ±2 errors covers 95.4 % with R - 1 degrees of freedom.
+    from scipy.stats import norm, t
+    widen = t.ppf(norm.cdf(2.0), runs - 1) / 2
+    assert result.standard_error[0] == pytest.approx(widen * np.std(per_run, ddof=1) / np.sqrt(runs))
     assert result.estimate[0] == pytest.approx(estimators.log_partition_function(log_w))
     # A run that never visits a state makes that state's error infinite, not small.
     masks = [np.ones(runs * n, bool), replicate != 0]
@@ -72,14 +90,21 @@ def _diagnostics(**changes):
 
 @pytest.mark.parametrize("changes, states, fragment", [
     ({}, [True, True], ""),
-    ({"pareto_k": 0.71}, [False, False], "PSIS k̂ 0.71 > 0.7"),
+    ({"pareto_k": 0.71}, [False, False], "PSIS k̂ 0.71 > 0.70"),
     ({"ess": 49.0}, [False, False], "ESS 49.0 < 50"),
     ({"n_eff_state": np.array([500.0, 19.0])}, [True, False], "19.0 effective samples in B < 20"),
     ({"n_eff_state": np.array([19.0, 500.0])}, [False, False], "effective samples in A"),
     ({"n_eff_state": np.array([500.0, 0.0])}, [True, False], "no weighted sample in B"),
     ({"pareto_k_state": np.array([0.2, 0.9])}, [True, False], "PSIS k̂ 0.90 in B"),
-    ({"integrator_error": np.array([0.0, 0.06])}, [True, False], "integrator bias"),
-    ({"integrator_error": np.array([0.0, 0.04])}, [True, True], ""),
+    ({"integrator_error": np.array([0.0, 0.06]), "integrator_measured": True}, [True, False], "integrator bias"),
+    ({"integrator_error": np.array([0.0, -0.06]), "integrator_measured": True}, [True, False], "integrator bias"),
+    ({"integrator_error": np.array([0.0, 0.04]), "integrator_measured": True}, [True, True], ""),
+    ({"integrator_error": np.array([0.0, 0.02]), "integrator_error_err": np.array([0.0, 0.02]),
+      "integrator_measured": True}, [True, False], "integrator bias"),
+    ({"integrator_error": np.array([0.0, np.nan]), "integrator_measured": True}, [True, False], "not measured"),
+    ({"integrator_error": np.array([0.0, np.nan])}, [True, True], ""),
+    ({"pareto_k_state": np.array([0.2, 0.55]), "n_distinct_state": np.array([500.0, 100.0])}, [True, False],
+     "PSIS k̂ 0.55 in B > 0.50"),
     ({"delta_f_err": np.array([0.0, np.inf])}, [True, False], "not finite"),
     ({"biased": "unweighted model"}, [False, False], "unweighted model"),
 ])
@@ -174,3 +199,16 @@ def test_divergences_at_a_common_sample_count_do_not_favour_more_samples():
     floor = estimators.resampled_divergences(truth, truth, 500, 50, seed=1)[1]
     assert common[1] == pytest.approx(floor, rel=0.15)
     assert common[0] < 2.2 * floor  # the small sample's own noise on top of the common floor
+
+
+def test_replicate_errors_cover_the_truth_at_two_sigma_with_four_runs():
+    # The mean of R = 4 normal runs, 2,000 trials: ±2 errors must cover the true mean about 95 % of the time
+    # (without the t widening it would be 86 %).
+    rng = np.random.default_rng(11)
+    replicate = np.repeat(np.arange(4), 50)
+    covered = 0
+    for _ in range(2000):
+        values = rng.normal(size=200)
+        result = estimators.replicate_spread(lambda v: [np.mean(v[np.isfinite(v)])], values, replicate)
+        covered += abs(result.estimate[0]) <= 2 * result.standard_error[0]
+    assert 0.93 < covered / 2000 < 0.975

@@ -14,25 +14,43 @@ import numpy as np
 
 from boltzflow.settings import AnalysisSettings
 
+#: Fewer finite weights than this leave too short a tail to fit (arviz-stats needs 5 tail draws, n / 5).
+MIN_PARETO_SAMPLES = 25
+
 
 def pareto_k(log_w: np.ndarray) -> float:
     """Pareto-smoothed importance sampling's k̂ (Vehtari et al. 2024) of the finite log-weights.
 
     k̂ estimates the shape of the generalized Pareto tail of the weights: above 0.7 the variance of the
     importance-sampling estimate is (practically) infinite and a finite ESS or bootstrap error cannot be
-    trusted. From arviz-stats (the maintained implementation); NaN when fewer than 10 weights are finite
-    (too few to fit a tail) and -inf when every finite weight is equal (no tail at all).
+    trusted. From arviz-stats (the maintained implementation); NaN with fewer than ``MIN_PARETO_SAMPLES``
+    finite weights or a tail the fit cannot take (tied values), -inf when every finite weight is equal.
+    Merge copies of one sample first (``estimators.merge_copies``): tied copies are not a tail.
     """
     from arviz_stats.base import array_stats
 
     log_w = np.asarray(log_w, dtype=float)
     finite = log_w[np.isfinite(log_w)]
-    if len(finite) < 10:
+    if len(finite) < MIN_PARETO_SAMPLES:
         return np.nan
     if np.ptp(finite) == 0:
         return -np.inf
-    # arviz-stats' psislw takes log-likelihood values as in PSIS-LOO, whose weights are their negatives.
-    return float(array_stats.psislw(-(finite - finite.max()))[1])
+    try:
+        # arviz-stats' psislw takes log-likelihood values as in PSIS-LOO, whose weights are their negatives.
+        return float(array_stats.psislw(-(finite - finite.max()))[1])
+    except ValueError:  # e.g. "All tail values are the same"
+        return np.nan
+
+
+def pareto_k_threshold(n_samples: float, ceiling: float) -> float:
+    """The k̂ above which an estimate from ``n_samples`` is unreliable: min(1 − 1/log10 S, ceiling).
+
+    Vehtari et al. (2024, PSIS, section 3.2.4): with few samples even a k̂ below 0.7 leaves the error
+    estimate unreliable (0.41 at S = 50, 0.5 at 100; 0.7 from S = 2,154 on).
+    """
+    if not n_samples > 10:
+        return -np.inf
+    return min(1.0 - 1.0 / np.log10(n_samples), ceiling)
 
 
 @dataclass(frozen=True)
@@ -41,8 +59,10 @@ class Diagnostics:
 
     ``pareto_k``: PSIS k̂ of all weights (NaN: not a weighted estimator); ``pareto_k_state``: k̂ of the
     weights inside each state; ``ess``: Kish effective samples of all weights (NaN: not applicable);
-    ``n_eff_state``: effective samples in each state (Kish, capped by the number of distinct samples);
-    ``integrator_error``: estimated bias of ΔF from the model's log-density (kT; 0 for exact densities);
+    ``n_eff_state``: effective samples in each state (Kish, copies of a sample merged);
+    ``n_distinct``, ``n_distinct_state``: distinct samples with weight, in all and in each state (the S of
+    the k̂ threshold); ``integrator_error`` ± ``integrator_error_err``: estimated bias of ΔF from the model's
+    log-density (kT), ``integrator_measured``: whether the model has one (score models; flows are exact);
     ``biased``: a reason why the estimate is biased by construction (an unweighted model), or "".
     """
 
@@ -53,6 +73,10 @@ class Diagnostics:
     ess: float
     n_eff_state: np.ndarray
     integrator_error: np.ndarray
+    n_distinct: float = np.inf
+    n_distinct_state: np.ndarray | None = None
+    integrator_error_err: np.ndarray | None = None
+    integrator_measured: bool = False
     biased: str = ""
 
 
@@ -67,8 +91,11 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
     common = []
     if d.biased:
         common.append(d.biased)
-    if np.isfinite(d.pareto_k) and d.pareto_k > settings.max_pareto_k:
-        common.append(f"PSIS k̂ {d.pareto_k:.2f} > {settings.max_pareto_k:g}")
+    n_distinct_state = d.n_distinct_state if d.n_distinct_state is not None else np.full(n_states, np.inf)
+    integrator_error_err = d.integrator_error_err if d.integrator_error_err is not None else np.zeros(n_states)
+    threshold = pareto_k_threshold(d.n_distinct, settings.max_pareto_k)
+    if np.isfinite(d.pareto_k) and d.pareto_k > threshold:
+        common.append(f"PSIS k̂ {d.pareto_k:.2f} > {threshold:.2f}")
     if np.isfinite(d.ess) and d.ess < settings.min_ess:
         common.append(f"ESS {d.ess:.1f} < {settings.min_ess:g}")
 
@@ -79,8 +106,9 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
         found = []
         if d.n_eff_state[s] < settings.min_state_ess:
             found.append(f"{d.n_eff_state[s]:.1f} effective samples in {name} < {settings.min_state_ess:g}")
-        if np.isfinite(d.pareto_k_state[s]) and d.pareto_k_state[s] > settings.max_pareto_k:
-            found.append(f"PSIS k̂ {d.pareto_k_state[s]:.2f} in {name} > {settings.max_pareto_k:g}")
+        limit = pareto_k_threshold(n_distinct_state[s], settings.max_pareto_k)
+        if np.isfinite(d.pareto_k_state[s]) and d.pareto_k_state[s] > limit:
+            found.append(f"PSIS k̂ {d.pareto_k_state[s]:.2f} in {name} > {limit:.2f}")
         return found
 
     reference = state_checks(0)
@@ -91,10 +119,15 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
         if not found and s:
             if not (np.isfinite(d.delta_f[s]) and np.isfinite(d.delta_f_err[s])):
                 found.append("ΔF or its error is not finite")
-            elif abs(d.integrator_error[s]) > settings.max_integrator_error_fraction * d.delta_f_err[s]:
-                # A bias above this fraction of σ moves the 2σ interval off the truth noticeably.
-                found.append(f"integrator bias {d.integrator_error[s]:.3f} kT > "
-                             f"{settings.max_integrator_error_fraction:g} σ ({d.delta_f_err[s]:.3f} kT)")
+            elif d.integrator_measured and not np.isfinite(d.integrator_error[s]):
+                found.append(f"integrator error not measured for {state_names[s]}")
+            elif d.integrator_measured:
+                # The bias bound |e| + 2 err (the check's own noise) against a fraction of σ: a larger bias
+                # moves the 2σ interval off the truth noticeably.
+                bound = abs(d.integrator_error[s]) + 2 * np.nan_to_num(integrator_error_err[s])
+                if bound > settings.max_integrator_error_fraction * d.delta_f_err[s]:
+                    found.append(f"integrator bias up to {bound:.3f} kT > "
+                                 f"{settings.max_integrator_error_fraction:g} σ ({d.delta_f_err[s]:.3f} kT)")
         reliable[s] = not found
         reasons.append("; ".join(found))
     return reliable, reasons

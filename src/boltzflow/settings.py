@@ -162,7 +162,7 @@ class AnalysisSettings:
     min_ess: float = 50.0
     min_state_ess: float = 20.0
     max_integrator_error_fraction: float = 0.5
-    divergence_samples: int = 2000
+    divergence_samples: int = 500
     divergence_repeats: int = 10
 
 

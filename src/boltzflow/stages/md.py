@@ -92,8 +92,8 @@ def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=
     """One temperature of a replica exchange run, in the per-temperature MD contract.
 
     Every recorded frame is kept (the models train on all of them); ``independent`` marks the subsample
-    that MBAR uses, one frame per statistical inefficiency: the largest over the energy and the cosine
-    and sine of each CV, of the state's time series and of the replica trajectories
+    that MBAR uses, one frame per statistical inefficiency: the largest over the energy, the cosine
+    and sine of each CV and the indicator of each state, of the state's time series and of the replica trajectories
     (:func:`boltzflow.replica_exchange.statistical_inefficiencies`), so that MBAR's errors are not optimistic.
     """
     from pymbar import timeseries
@@ -112,6 +112,10 @@ def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=
     scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
     series = [replicas["energy"].values] + [f(all_cvs[cv].reshape(all_positions.shape[:2]) * scale)
                                             for cv in system.cvs for f in (np.cos, np.sin)]
+    # The state indicators are what ΔF averages: fast motion inside a basin can hide their slow switching
+    # in the cosine and sine of the CVs. Only those that switch at all (a constant has no correlation time).
+    indicators = [state.contains(all_cvs).reshape(all_positions.shape[:2]).astype(float) for state in system.states]
+    series += [indicator for indicator in indicators if 0 < indicator.mean() < 1]
     g_state, g_replica = statistical_inefficiencies(series, replicas["replica"].values, k)
     inefficiency = max(g_state, g_replica)
     kept = timeseries.subsample_correlated_data(np.arange(len(energy)), g=inefficiency)

@@ -68,7 +68,8 @@ def _edge_gap(u: np.ndarray) -> float:
     """How far (kT) the lowest energy on the domain's edge lies above the minimum inside."""
     edge = np.concatenate([u[0], u[-1], u[:, 0], u[:, -1]])
     finite = u[np.isfinite(u)]
-    if len(finite) == 0 or not np.isfinite(edge).all():
+    # +inf (a hard wall) is a density that vanishes; NaN or -inf is one that does not.
+    if len(finite) == 0 or np.isnan(edge).any() or (edge == -np.inf).any():
         return -np.inf
     return float(edge.min() - finite.min())
 

@@ -75,24 +75,32 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     if not spec.weighted:
         log_z[:], log_z_err[:] = np.nan, np.nan
 
-    # Diagnostics and verdict. Copies of one sample (SMC resampling, rejected MCMC moves) count once.
-    distinct = estimators.first_occurrences(positions)
+    # Diagnostics and verdict. Copies of one sample (SMC resampling, rejected MCMC moves) are merged into
+    # one sample carrying their summed weight before effective counts and tails are computed.
+    groups = estimators.copy_groups(positions)
     masks = [state.contains(cvs) for state in system.states]
-    integrator_error = (samples["integrator_error"].values if "integrator_error" in samples
-                        else np.zeros(n_states))
-    integrator_error = np.nan_to_num(integrator_error, nan=0.0)
+    # Score models measure their ODE integrator's bias (NaN: not measured, e.g. a state the check missed);
+    # flows have exact densities (no variable, no bias).
+    measured = "integrator_error" in samples
+    integrator_error = samples["integrator_error"].values if measured else np.zeros(n_states)
+    integrator_error_err = (samples["integrator_error_err"].values if "integrator_error_err" in samples
+                            else np.zeros(n_states))
     diagnostics = []
     for index, lw in enumerate(weightings):
-        in_state = [np.where(mask, lw, -np.inf) for mask in masks]
-        n_eff_state = np.array([min(estimators.effective_samples(w), float(np.sum(distinct & mask & np.isfinite(w))))
-                                for w, mask in zip(in_state, masks)])
+        merged, first = estimators.merge_copies(lw, groups)
+        in_state = [np.where(mask[first], merged, -np.inf) for mask in masks]
         weighted = spec.weighted and index == 0
         diagnostics.append(Diagnostics(
             delta_f=values[index, :n_states], delta_f_err=errors[index, :n_states],
-            pareto_k=pareto_k(lw) if weighted else np.nan,
+            pareto_k=pareto_k(merged) if weighted else np.nan,
             pareto_k_state=np.array([pareto_k(w) if weighted else np.nan for w in in_state]),
-            ess=estimators.effective_samples(lw) if weighted else np.nan,
-            n_eff_state=n_eff_state, integrator_error=integrator_error if index == 0 else np.zeros(n_states),
+            ess=estimators.effective_samples(merged) if weighted else np.nan,
+            n_eff_state=np.array([estimators.effective_samples(w) for w in in_state]),
+            n_distinct=float(np.isfinite(merged).sum()),
+            n_distinct_state=np.array([float(np.isfinite(w).sum()) for w in in_state]),
+            integrator_error=integrator_error if index == 0 else np.zeros(n_states),
+            integrator_error_err=integrator_error_err if index == 0 else np.zeros(n_states),
+            integrator_measured=measured and index == 0,
             biased=UNWEIGHTED if index else ""))
     state_names = [s.name for s in system.states]
     verdicts = [verdict(d, state_names, settings) for d in diagnostics]
@@ -119,10 +127,9 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     dataset["pareto_k_state"] = variable(("estimator", "state"), [d.pareto_k_state for d in diagnostics], "1",
                                          "PSIS k-hat of the log-weights inside the state")
     dataset["n_eff_state"] = variable(("estimator", "state"), [d.n_eff_state for d in diagnostics], "1",
-                                      "effective samples in the state: Kish, at most the number of distinct samples")
-    dataset["n_distinct_state"] = variable(("estimator", "state"),
-                                           [[float(np.sum(distinct & mask)) for mask in masks]] * len(names), "1",
-                                           "distinct samples in the state (resampled or repeated copies count once)")
+                                      "effective samples in the state: Kish, with copies of a sample merged")
+    dataset["n_distinct_state"] = variable(("estimator", "state"), [d.n_distinct_state for d in diagnostics], "1",
+                                           "distinct samples with weight in the state (copies count once)")
     dataset["integrator_error"] = variable(("estimator", "state"), [d.integrator_error for d in diagnostics], "kT",
                                            "estimated bias of delta_f from the ODE integrator (0: exact density)")
     dataset["reliable"] = variable(("estimator", "state"), np.array([v[0] for v in verdicts]).astype(np.int8), "1",
@@ -137,8 +144,8 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
         dataset[f"dF_{cv}"] = variable(("estimator", cv), errors[:, start:stop], "kT", f"{error_name} of F_{cv}")
         index = estimators.bin_index(cvs[cv], edges[cv])
         dataset[f"n_eff_{cv}"] = variable(("estimator", cv), [
-            bin_effective_samples(index, lw, distinct, len(edges[cv]) - 1) for lw in weightings], "1",
-            "effective samples in the bin: Kish, at most the number of distinct samples")
+            bin_effective_samples(index, lw, groups, len(edges[cv]) - 1) for lw in weightings], "1",
+            "effective samples in the bin: Kish, with copies of a sample merged")
         start = stop
     first, second = system.cvs[:2]
     surfaces = [estimators.weighted_surface(cvs[first], cvs[second], lw, edges[first], edges[second])
@@ -150,8 +157,8 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     index_second = estimators.bin_index(cvs[second], edges[second])
     flat = np.where((index_first >= 0) & (index_second >= 0), index_first * n_second + index_second, -1)
     dataset[surface_effective_name(system)] = variable(("estimator", first, second), [
-        bin_effective_samples(flat, lw, distinct, n_first * n_second).reshape(n_first, n_second) for lw in weightings],
-        "1", "effective samples in the bin: Kish, at most the number of distinct samples")
+        bin_effective_samples(flat, lw, groups, n_first * n_second).reshape(n_first, n_second) for lw in weightings],
+        "1", "effective samples in the bin: Kish, with copies of a sample merged")
     divergences = [surface_divergences(observables, system, surface, settings) for surface in surfaces]
     dataset["kl_divergence"] = variable("estimator", [d[0] for d in divergences], "1", divergence_long_name("KL", system, settings))
     dataset["js_divergence"] = variable("estimator", [d[1] for d in divergences], "1", divergence_long_name("JS", system, settings))
@@ -159,11 +166,10 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     return dataset
 
 
-def bin_effective_samples(index: np.ndarray, log_w: np.ndarray, distinct: np.ndarray, n_bins: int) -> np.ndarray:
-    """Kish effective samples per bin, capped by the number of distinct samples in the bin."""
-    kish = estimators.binned_effective_samples(index, log_w, n_bins)
-    keep = distinct & np.isfinite(log_w) & (index >= 0)
-    return np.minimum(kish, np.bincount(index[keep], minlength=n_bins))
+def bin_effective_samples(index: np.ndarray, log_w: np.ndarray, groups: np.ndarray, n_bins: int) -> np.ndarray:
+    """Kish effective samples per bin, with copies of a sample (same group) merged into one."""
+    merged, first = estimators.merge_copies(log_w, groups)
+    return estimators.binned_effective_samples(index[first], merged, n_bins)
 
 
 def surface_divergences(observables: xr.Dataset, system, surface: np.ndarray, settings: AnalysisSettings):
