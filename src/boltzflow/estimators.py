@@ -272,8 +272,9 @@ def replicate_spread(statistic, log_w: np.ndarray, replicate: np.ndarray) -> Boo
 
     ``replicate`` labels the run of each sample. Each run's estimate is ``statistic`` of its own samples
     (the others' weights set to zero); the standard error of the pooled estimate is their standard deviation
-    over √R, widened for the few degrees of freedom (below). A run whose value is not finite where the pooled one is (a state it missed) makes the error
-    infinite: the runs disagree beyond what a finite error can describe. With one run the error is NaN.
+    over √R, widened for the few degrees of freedom (below). A run whose value is not finite where the
+    pooled one is (a state it missed) makes the error infinite: the runs disagree beyond what a finite
+    error can describe. With one run the error is NaN.
     """
     estimate = np.asarray(statistic(log_w), dtype=float)
     labels = np.unique(replicate)
