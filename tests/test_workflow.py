@@ -363,7 +363,7 @@ def test_estimators_can_be_switched_off_per_system(tmp_path):
     double_well = [block for block in result.stdout.split("\n\n") if "system=double_well" in block]
     rules = {line.split()[-1].rstrip(":") for block in double_well for line in block.splitlines()
              if line.strip().startswith(("rule ", "localrule "))}
-    assert rules == {"md", "mbar", "train_flow", "sample_flow", "smc", "reweight", "summary"}, rules
+    assert rules == {"md", "mbar", "quadrature", "train_flow", "sample_flow", "smc", "reweight", "summary"}, rules
     assert "generative=score" not in "\n".join(double_well)
     # The other system still runs everything.
     assert "wildcards: system=mueller_brown, generative=score" in result.stdout
