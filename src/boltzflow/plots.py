@@ -148,8 +148,11 @@ def free_energy_surfaces(surface: xr.Dataset, summary: xr.Dataset | None = None,
     norm = BoundaryNorm(levels, cmap.N)
     x_edges, y_edges = surface[f"{first}_edges"].values, surface[f"{second}_edges"].values
     for ax, estimator in zip(axes.flat, estimators):
-        values = _masked(surface[name].sel(estimator=estimator), n_eff.sel(estimator=estimator),
-                         settings.min_bin_effective_samples)
+        # The references are drawn wherever they have samples: MBAR's effective counts are per independent
+        # sample (frames over g), often below the threshold for a whole CI-sized run, and a figure without
+        # its reference shows nothing; its title and the summary say when it is unreliable.
+        minimum = 0.0 if estimator in REFERENCES else settings.min_bin_effective_samples
+        values = _masked(surface[name].sel(estimator=estimator), n_eff.sel(estimator=estimator), minimum)
         if np.isfinite(values).any():
             values = np.clip(values - np.nanmin(values), None, settings.max_kt)
         else:
@@ -210,7 +213,7 @@ def free_energy_profiles(profiles: xr.Dataset, summary: xr.Dataset | None = None
         drawn = []
         for ax, name in zip(block.flat, panels):
             for reference in references:
-                f = _draw_profile(ax, profiles, cv, reference, minimum)
+                f = _draw_profile(ax, profiles, cv, reference, 0.0)  # unmasked, with its error band (see surfaces)
                 if reference != QUADRATURE:  # exact everywhere, far up the walls: the samples set the scale
                     drawn.append(f)
             if name not in REFERENCES:
@@ -238,7 +241,7 @@ def free_energy_profiles(profiles: xr.Dataset, summary: xr.Dataset | None = None
                for r in references]
     handles.append(Patch(facecolor="white", edgecolor=UNRELIABLE_COLOUR, hatch=UNRELIABLE_HATCH,
                          label="unreliable (summary)"))
-    handles.append(Line2D([], [], color="none", label=f"points with < {minimum:g} effective samples not drawn"))
+    handles.append(Line2D([], [], color="none", label=f"model points with < {minimum:g} effective samples not drawn"))
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles), frameon=False, fontsize=9)
     return fig
 
