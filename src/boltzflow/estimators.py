@@ -248,6 +248,12 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return index
 
 
+def surface_bin_index(x: np.ndarray, y: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray) -> np.ndarray:
+    """The flat bin (x_bin * n_y + y_bin) of each point on a 2D grid; -1 outside (``bin_index`` per axis)."""
+    index_x, index_y = bin_index(x, x_edges), bin_index(y, y_edges)
+    return np.where((index_x >= 0) & (index_y >= 0), index_x * (len(y_edges) - 1) + index_y, -1)
+
+
 def resampled_divergences(reference: np.ndarray, model_probability: np.ndarray, n_draws: int, repeats: int,
                           seed: int) -> tuple[float, float]:
     """(KL, JS) in nats between the ``reference`` histogram and histograms of ``n_draws`` draws from the

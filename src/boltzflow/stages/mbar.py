@@ -127,9 +127,7 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
     observables[surface_name(system)] = variable(system.cvs[:2], surface, "kT",
                                              f"free-energy surface -ln(p / bin area) over ({first}, {second})")
     n_first, n_second = len(edges[first]) - 1, len(edges[second]) - 1
-    index_first = estimators.bin_index(cvs[first], edges[first])
-    index_second = estimators.bin_index(cvs[second], edges[second])
-    flat = np.where((index_first >= 0) & (index_second >= 0), index_first * n_second + index_second, -1)
+    flat = estimators.surface_bin_index(cvs[first], cvs[second], edges[first], edges[second])
     observables[surface_effective_name(system)] = variable(system.cvs[:2], estimators.binned_effective_samples(
         flat, log_w_target, n_first * n_second).reshape(n_first, n_second) / g, "1", counted.format("bin"))
     observables.attrs["n_samples"] = int(n_k.sum())

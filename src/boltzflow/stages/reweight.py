@@ -153,9 +153,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     dataset[surface_name(system)] = variable(("estimator", first, second), surfaces, "kT",
                                          f"free-energy surface -ln(p / bin area) over ({first}, {second})")
     n_first, n_second = len(edges[first]) - 1, len(edges[second]) - 1
-    index_first = estimators.bin_index(cvs[first], edges[first])
-    index_second = estimators.bin_index(cvs[second], edges[second])
-    flat = np.where((index_first >= 0) & (index_second >= 0), index_first * n_second + index_second, -1)
+    flat = estimators.surface_bin_index(cvs[first], cvs[second], edges[first], edges[second])
     dataset[surface_effective_name(system)] = variable(("estimator", first, second), [
         bin_effective_samples(flat, lw, groups, n_first * n_second).reshape(n_first, n_second) for lw in weightings],
         "1", "effective samples in the bin: Kish, with copies of a sample merged")
