@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from boltzflow.reliability import Diagnostics, verdict
 from boltzflow.settings import AnalysisSettings
 from boltzflow.stages.datasets import surface_effective_name, surface_name, variable
 from boltzflow.stages.reweight import divergence_long_name
@@ -26,15 +27,12 @@ def _reference_row(observables: xr.Dataset, system, settings: AnalysisSettings) 
     nan, nan_states = [np.nan], [np.full(n_states, np.nan)]
     delta_f, error = observables["delta_f"].values, observables["delta_f_err"].values
     n_eff = observables["n_eff_state"].values
-    reasons = []
-    for s in range(n_states):
-        found = []
-        for index in sorted({0, s}):
-            if n_eff[index] < settings.min_state_ess:
-                found.append(f"{n_eff[index]:.1f} effective samples in {system.states[index].name} < {settings.min_state_ess:g}")
-        if s and not found and not (np.isfinite(delta_f[s]) and np.isfinite(error[s])):
-            found.append("ΔF or its error is not finite")
-        reasons.append("; ".join(found))
+    # The same verdict as the models', with only the checks that apply to MBAR: samples per state and
+    # finite values (no weight tail, no integrator).
+    reliable, reasons = verdict(Diagnostics(delta_f=delta_f, delta_f_err=error, pareto_k=np.nan,
+                                            pareto_k_state=np.full(n_states, np.nan), ess=np.nan, n_eff_state=n_eff,
+                                            integrator_error=np.zeros(n_states)),
+                                [state.name for state in system.states], settings)
     kl, js = surface_divergences(observables, system, observables[surface_name(system)].values, settings)
     row = observables.expand_dims(estimator=["mbar"])
     return row.assign(
@@ -52,7 +50,7 @@ def _reference_row(observables: xr.Dataset, system, settings: AnalysisSettings) 
         n_eff_state=variable(("estimator", "state"), [n_eff], "1", "effective samples in the state"),
         n_distinct_state=variable(("estimator", "state"), nan_states, "1", "distinct samples in the state"),
         integrator_error=variable(("estimator", "state"), [np.zeros(n_states)], "kT", "bias of delta_f from an ODE integrator"),
-        reliable=variable(("estimator", "state"), [[not r for r in reasons]], "1", "1 if reliable"),
+        reliable=variable(("estimator", "state"), [reliable], "1", "1 if reliable"),
         unreliable_reason=variable(("estimator", "state"), np.array([reasons], dtype=object), "", "failed checks"),
     )
 
