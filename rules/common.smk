@@ -78,7 +78,8 @@ def target_md_file(wildcards):
 
 
 #: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
-MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exchange", "replica_state_{label}K"]}
+MD_BENCHMARKS = {"langevin": ["md_{label}K"],
+                 "replica_exchange": ["replica_exchange_run{run}", "replica_state_{label}K"]}
 
 
 def md_benchmarks(wildcards):
@@ -96,7 +97,10 @@ def _md_benchmarks(system, temperatures):
     folder = f"results/{system}/benchmarks"
     names = []
     for pattern in MD_BENCHMARKS[SYSTEMS[system].md_method]:
-        names += [pattern.format(label=label) for label in labels] if "{label}" in pattern else [pattern]
+        if "{label}" in pattern:
+            names += [pattern.format(label=label) for label in labels]
+        else:
+            names += [pattern.format(run=run) for run in replica_exchange_run_numbers(system)]
     return [f"{folder}/{name}.tsv" for name in names]
 
 
@@ -200,9 +204,21 @@ def md_params(wildcards):
     return params
 
 
+def replica_exchange_run_numbers(system_name):
+    return range(1, config["systems"][system_name]["md"]["runs"] + 1)
+
+
+def replica_exchange_runs(wildcards):
+    """The independent replica exchange runs of a molecule, pooled by each temperature's samples."""
+    return [f"results/{wildcards.system}/md/replica_exchange_run{run}.nc"
+            for run in replica_exchange_run_numbers(wildcards.system)]
+
+
 def replica_exchange_params(wildcards):
+    """One run's inputs: the md block without the number of runs, so that adding runs reruns none."""
     system = _system(wildcards)
-    return {**_target(system, system["temperatures"]), "md": system["md"]}
+    md = {key: value for key, value in system["md"].items() if key != "runs"}
+    return {**_target(system, system["temperatures"]), "md": md}
 
 
 def replica_split_params(wildcards):

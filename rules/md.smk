@@ -26,20 +26,22 @@ rule md:
 # ---------------------------------------------------------------- MD: replica exchange of a molecule over the ladder
 
 
+# md.runs independent runs, one job each, so that Snakemake runs them in parallel over the cores.
 rule replica_exchange:
-    """Temperature replica exchange of a molecule over the whole ladder."""
+    """One independent temperature replica exchange run of a molecule over the whole ladder."""
     wildcard_constraints:
         system=REPLICA_EXCHANGE_SYSTEMS,
+        run=r"[1-9][0-9]*",
     input:
         pdb=molecule_pdb,
     output:
-        replicas="results/{system}/md/replica_exchange.nc",
+        replicas="results/{system}/md/replica_exchange_run{run}.nc",
     params:
         system=replica_exchange_params,
     log:
-        "results/{system}/logs/replica_exchange.log",
+        "results/{system}/logs/replica_exchange_run{run}.log",
     benchmark:
-        "results/{system}/benchmarks/replica_exchange.tsv"
+        "results/{system}/benchmarks/replica_exchange_run{run}.tsv"
     conda:
         "../envs/md.yaml"
     threads: 1
@@ -50,13 +52,13 @@ rule replica_exchange:
         "../workflow/scripts/replica_exchange.py"
 
 
-# One temperature of the run in the per-temperature MD contract, plus its AMBER NetCDF trajectory.
+# One temperature of the runs in the per-temperature MD contract, plus its AMBER NetCDF trajectory.
 rule replica_state:
-    """One temperature of the replica exchange run, as MD samples and an AMBER trajectory."""
+    """One temperature of the replica exchange runs, pooled, as MD samples and an AMBER trajectory."""
     wildcard_constraints:
         system=REPLICA_EXCHANGE_SYSTEMS,
     input:
-        replicas="results/{system}/md/replica_exchange.nc",
+        replicas=replica_exchange_runs,
         pdb=molecule_pdb,
     output:
         samples="results/{system}/md/{temperature}K.nc",

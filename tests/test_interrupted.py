@@ -22,8 +22,8 @@ CASES = {
         state="state.npz", compare=("positions", "energy", "walker", "time"),
         change={"systems": {"double_well": {"md": {"walkers": 256, "steps": 120000, "equilibration_steps": 1000}}}}),
     "replica_exchange": dict(
-        target="results/alanine_dipeptide/md/replica_exchange.nc", script=".replica_exchange.py",
-        log="results/alanine_dipeptide/logs/replica_exchange.log", state=None,
+        target="results/alanine_dipeptide/md/replica_exchange_run1.nc", script=".replica_exchange.py",
+        log="results/alanine_dipeptide/logs/replica_exchange_run1.log", state=None,
         compare=("positions", "energy", "replica", "time", "acceptance"),
         # A named platform: with auto, a timing could pick another one for the rerun.
         change={"systems": {"alanine_dipeptide": {"md": {

@@ -236,12 +236,16 @@ def test_alanine_dipeptide_trajectories_load_in_mdtraj_with_the_right_dihedrals(
 
     results = run / "results/alanine_dipeptide"
     system_config = config["systems"]["alanine_dipeptide"]
-    replicas = xr.open_dataset(results / "md/replica_exchange.nc")
+    replicas = xr.open_dataset(results / "md/replica_exchange_run1.nc")
     acceptance = replicas["acceptance"].values
     assert acceptance.shape == (len(system_config["temperatures"]) - 1,)
     assert np.all((acceptance > 0.05) & (acceptance < 1))
+    n_runs = system_config["md"]["runs"]
     for temperature in system_config["temperatures"]:
         samples = xr.open_dataset(results / f"md/{temperature:g}K.nc")
+        # Every frame of every run, pooled.
+        assert samples.sizes["sample"] == n_runs * replicas.sizes["frame"]
+        np.testing.assert_array_equal(np.unique(samples["run"].values), np.arange(1, n_runs + 1))
         trajectory = mdtraj.load(str(results / f"md/trajectories/{temperature:g}K.nc"), top=str(ROOT / "data/alanine_dipeptide.pdb"))
         assert trajectory.n_atoms == 22 and trajectory.n_frames == samples.sizes["sample"]
         np.testing.assert_allclose(trajectory.xyz, samples["positions"].values, atol=1e-4)
@@ -324,6 +328,16 @@ def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expec
     if "systems" in change:
         assert "system=mueller_brown" not in result.stdout
         assert ("system=double_well" in result.stdout) == ("double_well" in change["systems"])
+
+
+def test_adding_a_replica_exchange_run_reruns_none_of_the_existing_runs(run, config):
+    runs = config["systems"]["alanine_dipeptide"]["md"]["runs"]
+    (run / "change.yaml").write_text(yaml.safe_dump({"systems": {"alanine_dipeptide": {"md": {"runs": runs + 1}}}}))
+    result = snakemake(run, "-n", "--cores", "2", "--configfile", "config/test.yaml", "change.yaml")
+    assert result.returncode == 0, result.stderr
+    jobs = _planned_jobs(result.stdout)
+    assert jobs["replica_exchange"] == 1 and f"replica_exchange_run{runs + 1}.nc" in result.stdout
+    assert jobs["replica_state"] == len(config["systems"]["alanine_dipeptide"]["temperatures"])
 
 
 def test_dry_run_names_the_rule_whose_params_changed(run):

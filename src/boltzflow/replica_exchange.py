@@ -102,6 +102,15 @@ def openmm_seed(seed: int, temperature_k: float, purpose: str) -> int:
     return (value & 0x7FFFFFFF) or 1
 
 
+def run_seed(seed: int, run: int) -> int:
+    """The seed of independent run ``run`` (1, 2, ...) of a ladder: run 1 keeps ``seed``, so one run is
+    what it always was; the others draw positive 31-bit seeds from it."""
+    if run == 1:
+        return int(seed)
+    value = int(np.random.SeedSequence([int(seed), int(run)]).generate_state(1)[0])
+    return (value & 0x7FFFFFFF) or 1
+
+
 def run_replica_exchange(system, topology, positions_nm, temperatures_k, settings: ReplicaExchangeSettings,
                          log: Callable[[str], None] = print, checkpoint_path: str | Path | None = None,
                          _stop_after_exchanges: int | None = None) -> ReplicaExchangeResult:
@@ -379,15 +388,17 @@ def replica_trajectories(values: np.ndarray, replica: np.ndarray) -> np.ndarray:
 def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarray, state: int) -> tuple[float, float]:
     """(state-indexed, replica-indexed) statistical inefficiency in frames, each the largest over ``observables``.
 
-    Each observable is state-indexed, ``[state, frame]``. The first number is that of state ``state``'s
-    time series; the second that of the replica trajectories (pooled over replicas, which share one
-    autocorrelation function at equilibrium). Swaps make a state's series look faster than the physics
-    is: it hops between replicas, each of which carries its slow motions (a basin it has not left) with
-    it from state to state, and returns later. A subsample by the state's inefficiency alone would then
-    make MBAR's errors optimistic; take the larger of the two. Before following the replicas, each
-    observable is standardized within each state (its mean and standard deviation there): the
-    replica's slow walk over temperatures alone (hot states have higher energies) is not a correlation
-    of the samples within a state, and would inflate the replica number.
+    Each observable is state-indexed, ``[state, frame]``, or ``[run, state, frame]`` for independent runs
+    of one ladder (``replica`` has the same shape); runs are independent series of one process. The first
+    number is that of state ``state``'s time series; the second that of the replica trajectories (pooled
+    over replicas and runs, which share one autocorrelation function at equilibrium). Swaps make a
+    state's series look faster than the physics is: it hops between replicas, each of which carries its
+    slow motions (a basin it has not left) with it from state to state, and returns later. A subsample
+    by the state's inefficiency alone would then make MBAR's errors optimistic; take the larger of the
+    two. Before following the replicas, each observable is standardized within each state (its mean
+    and standard deviation there, over all runs): the replica's slow walk over temperatures alone (hot
+    states have higher energies) is not a correlation of the samples within a state, and would inflate
+    the replica number.
     """
     from pymbar import timeseries
 
@@ -400,16 +411,21 @@ def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarra
             return float(timeseries.statistical_inefficiency(series[0], fast=False, mintime=3))
         return float(timeseries.statistical_inefficiency_multiple(series, fast=False))
 
-    g_state = max(inefficiency([np.asarray(obs)[state]]) for obs in observables)
-    g_replica = max(inefficiency(list(replica_trajectories(_standardized_per_state(obs), replica)))
-                    for obs in observables)
+    replica = np.asarray(replica)
+    replica = replica[None] if replica.ndim == 2 else replica
+    by_run = [np.asarray(obs, dtype=float) for obs in observables]
+    by_run = [obs[None] if obs.ndim == 2 else obs for obs in by_run]
+    g_state = max(inefficiency(list(obs[:, state])) for obs in by_run)
+    g_replica = max(inefficiency([trajectory for run_obs, run_replica in zip(_standardized_per_state(obs), replica)
+                                  for trajectory in replica_trajectories(run_obs, run_replica)])
+                    for obs in by_run)
     return g_state, g_replica
 
 
 def _standardized_per_state(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    spread = values.std(axis=1, keepdims=True)
-    return (values - values.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+    """``values[run, state, frame]`` standardized per state, over every run's frames."""
+    spread = values.std(axis=(0, 2), keepdims=True)
+    return (values - values.mean(axis=(0, 2), keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
 def write_amber_netcdf(path: str | Path, positions_nm: np.ndarray, topology, time_ps: np.ndarray) -> None:

@@ -209,7 +209,9 @@ class ReplicaExchangeSettings:
 
     ``exchanges`` and ``equilibration_exchanges`` count exchange attempts (each after
     ``steps_per_exchange`` steps of every replica); nothing is recorded during equilibration.
-    ``seed`` must be a positive int (OpenMM treats 0 as 'random').
+    ``seed`` must be a positive int (OpenMM treats 0 as 'random'). ``runs`` independent runs (one job
+    each, so they run in parallel) are pooled; run 1 uses ``seed``, the others seeds derived from it
+    (:func:`boltzflow.replica_exchange.run_seed`).
     """
 
     steps_per_exchange: int = 500
@@ -219,11 +221,12 @@ class ReplicaExchangeSettings:
     timestep_fs: float = 2.0
     friction_per_ps: float = 1.0
     seed: int = 1
+    runs: int = 1
     platform: str = "Reference"
     platform_properties: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("steps_per_exchange", "exchanges", "report_interval", "seed"):
+        for name in ("steps_per_exchange", "exchanges", "report_interval", "seed", "runs"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

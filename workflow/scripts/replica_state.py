@@ -1,4 +1,4 @@
-"""Rule replica_state: one temperature of a replica exchange run → MD samples (netCDF) and an AMBER trajectory."""
+"""Rule replica_state: one temperature of the replica exchange runs, pooled → MD samples (netCDF) and an AMBER trajectory."""
 
 from _bootstrap import start
 
@@ -12,7 +12,8 @@ from boltzflow.systems import system_from_config
 params = snakemake.params.system
 system = system_from_config(snakemake.wildcards.system, params)
 temperature = float(snakemake.wildcards.temperature)
-dataset = replica_state_stage(system, read_netcdf(snakemake.input.replicas), temperature, log=log)
+runs = [read_netcdf(path) for path in snakemake.input.replicas]
+dataset = replica_state_stage(system, runs, temperature, log=log)
 write_amber_netcdf(snakemake.output.trajectory, dataset["positions"].values, system.load_molecule().topology,
                    dataset["time"].values)
 write_netcdf(dataset, snakemake.output.samples, config=params)

@@ -44,21 +44,23 @@ def md_stage(system, temperature_k: float, settings: LangevinSettings, log=print
     )
 
 
-def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, threads: int = 1) -> xr.Dataset:
-    """Temperature replica exchange over the ladder → every recorded frame of every state.
+def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, threads: int = 1,
+                           run: int = 1) -> xr.Dataset:
+    """Independent run ``run`` (1, 2, ...) of temperature replica exchange over the ladder → every
+    recorded frame of every state.
 
     ``settings`` is the ``md`` block's ``ReplicaExchangeSettings``; its platform may be ``auto``, resolved
-    here by timing the available ones.
+    here by timing the available ones. The run's seed is :func:`~boltzflow.replica_exchange.run_seed`.
     """
     from boltzflow.molecules import platform_properties, select_platform
-    from boltzflow.replica_exchange import run_replica_exchange
+    from boltzflow.replica_exchange import run_replica_exchange, run_seed
 
     molecule = system.load_molecule()
     platform = select_platform(settings.platform, molecule, log=log, cpu_threads=threads)
-    settings = dataclasses.replace(settings, platform=platform,
+    settings = dataclasses.replace(settings, platform=platform, seed=run_seed(settings.seed, run),
                                    platform_properties=platform_properties(platform, threads))
     log(f"replica exchange of {system.name} ({molecule.n_atoms} atoms) over "
-        f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}")
+        f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}: run {run}, seed {settings.seed}")
     try:
         result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
                                       settings, log=log, checkpoint_path=checkpoint_path)
@@ -83,58 +85,73 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
                                 {"units": "K", "long_name": "temperature of the state"}),
                 "pair": ("pair", np.arange(n_states - 1), {"units": "1", "long_name": "neighbour pair index"}),
                 "spatial": ["x", "y", "z"]},
-        attrs={"platform": platform, "md_wall_seconds": result.wall_seconds,
+        attrs={"platform": platform, "run": run, "seed": settings.seed, "md_wall_seconds": result.wall_seconds,
                "md_ns_per_day_all_replicas": ns_per_day, "timestep_fs": settings.timestep_fs},
     )
 
 
-def replica_state_stage(system, replicas: xr.Dataset, temperature_k: float, log=print) -> xr.Dataset:
-    """One temperature of a replica exchange run, in the per-temperature MD contract.
+def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, log=print) -> xr.Dataset:
+    """One temperature of independent replica exchange runs of one ladder, pooled, in the per-temperature
+    MD contract.
 
-    Every recorded frame is kept (the models train on all of them); ``independent`` marks the subsample
-    that MBAR uses, one frame per statistical inefficiency: the largest over the energy, the cosine
-    and sine of each CV and the indicator of each state, of the state's time series and of the replica trajectories
+    Every recorded frame of every run is kept (the models train on all of them), run after run; replicas
+    are numbered across runs (run r's replica i is ``r * n_states + i``), so each keeps its own time
+    series. ``independent`` marks the subsample that MBAR uses, one frame per statistical inefficiency
+    in each run: the largest over the energy, the cosine and sine of each CV and the indicator of each
+    state, of the state's time series and of the replica trajectories, over all runs
     (:func:`boltzflow.replica_exchange.statistical_inefficiencies`), so that MBAR's errors are not optimistic.
     """
     from pymbar import timeseries
 
     from boltzflow.replica_exchange import statistical_inefficiencies
 
-    k = int(np.argmin(np.abs(replicas["temperature"].values - temperature_k)))
-    if not np.isclose(replicas["temperature"].values[k], temperature_k):
+    ladder = runs[0]["temperature"].values
+    k = int(np.argmin(np.abs(ladder - temperature_k)))
+    if not np.isclose(ladder[k], temperature_k):
         raise ValueError(f"temperature {temperature_k:g} K is not a state of the replica exchange run")
-    positions = replicas["positions"].values[k]
-    energy = replicas["energy"].values[k]
-    cvs = system.cv_values(positions)
-    # The CVs of every state's frames, [state, frame], for the replica trajectories.
-    all_positions = replicas["positions"].values
-    all_cvs = system.cv_values(all_positions.reshape(-1, *all_positions.shape[2:]))
+    for run in runs[1:]:
+        if run["temperature"].shape != ladder.shape or not np.allclose(run["temperature"].values, ladder) \
+                or run["positions"].shape != runs[0]["positions"].shape:
+            raise ValueError("independent replica exchange runs of one system must share the ladder and length")
+    # [run, state, frame, ...] arrays; the CVs of every state's frames, for the replica trajectories.
+    all_positions = np.stack([run["positions"].values for run in runs])
+    energies = np.stack([run["energy"].values for run in runs])
+    replica = np.stack([run["replica"].values for run in runs])
+    shape = all_positions.shape[:3]
+    all_cvs = system.cv_values(all_positions.reshape(-1, *all_positions.shape[3:]))
     scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
-    series = [replicas["energy"].values] + [f(all_cvs[cv].reshape(all_positions.shape[:2]) * scale)
-                                            for cv in system.cvs for f in (np.cos, np.sin)]
+    series = [energies] + [f(all_cvs[cv].reshape(shape) * scale) for cv in system.cvs for f in (np.cos, np.sin)]
     # The state indicators are what ΔF averages: fast motion inside a basin can hide their slow switching
     # in the cosine and sine of the CVs. Only those that switch at all (a constant has no correlation time).
-    indicators = [state.contains(all_cvs).reshape(all_positions.shape[:2]).astype(float) for state in system.states]
+    indicators = [state.contains(all_cvs).reshape(shape).astype(float) for state in system.states]
     series += [indicator for indicator in indicators if 0 < indicator.mean() < 1]
-    g_state, g_replica = statistical_inefficiencies(series, replicas["replica"].values, k)
+    g_state, g_replica = statistical_inefficiencies(series, replica, k)
     inefficiency = max(g_state, g_replica)
-    kept = timeseries.subsample_correlated_data(np.arange(len(energy)), g=inefficiency)
-    independent = np.zeros(len(energy), dtype=np.int8)
-    independent[kept] = 1
-    log(f"{temperature_k:g} K: {len(energy)} frames, statistical inefficiency {inefficiency:.1f} frames "
-        f"(state series {g_state:.1f}, replica trajectories {g_replica:.1f}), {len(kept)} independent samples for MBAR")
+    n_frames = shape[2]
+    kept = timeseries.subsample_correlated_data(np.arange(n_frames), g=inefficiency)
+    independent = np.zeros((len(runs), n_frames), dtype=np.int8)
+    independent[:, kept] = 1
+    positions = all_positions[:, k].reshape(-1, *all_positions.shape[3:])
+    cvs = {cv: all_cvs[cv].reshape(shape)[:, k].ravel() for cv in system.cvs}
+    replica_ids = (replica[:, k] + len(ladder) * np.arange(len(runs))[:, None]).ravel()
+    log(f"{temperature_k:g} K: {len(runs)} run(s) x {n_frames} frames, statistical inefficiency "
+        f"{inefficiency:.1f} frames (state series {g_state:.1f}, replica trajectories {g_replica:.1f}), "
+        f"{int(independent.sum())} independent samples for MBAR")
     return xr.Dataset(
         {
             "positions": variable(("sample", "atom", "spatial"), positions, "nm", "Cartesian positions"),
-            "energy": variable("sample", energy, "kJ/mol", "potential energy"),
+            "energy": variable("sample", energies[:, k].ravel(), "kJ/mol", "potential energy"),
             "cv_values": variable(("sample", "cv"), np.stack([cvs[cv] for cv in system.cvs], axis=1),
                                   system.cv_units, "dihedral CVs"),
-            "independent": variable("sample", independent, "1", "1 for the decorrelated subsample used by MBAR"),
-            "replica": variable("sample", replicas["replica"].values[k], "1", "replica in this state at the frame"),
-            "time": variable("sample", replicas["time"].values, "ps", "MD time per replica"),
+            "independent": variable("sample", independent.ravel(), "1", "1 for the decorrelated subsample used by MBAR"),
+            "replica": variable("sample", replica_ids, "1", "replica in this state at the frame (numbered across runs)"),
+            "run": variable("sample", np.repeat(np.arange(1, len(runs) + 1), n_frames), "1",
+                            "independent replica exchange run of the frame"),
+            "time": variable("sample", np.tile(runs[0]["time"].values, len(runs)), "ps",
+                             "MD time per replica since the start of its run's production"),
         },
         coords={"cv": list(system.cvs), "spatial": ["x", "y", "z"]},
         attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency,
                "statistical_inefficiency_state_frames": g_state,
-               "statistical_inefficiency_replica_frames": g_replica},
+               "statistical_inefficiency_replica_frames": g_replica, "runs": len(runs)},
     )
