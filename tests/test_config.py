@@ -58,6 +58,23 @@ BAD = [
     ("systems.alanine_dipeptide.states.phi_positive", {"omega": [0, 180]}, "not a CV; expected one of phi, psi"),
     ("systems.alanine_dipeptide.states.phi_positive", {"phi": [0, 270]}, "lies outside [-180, 180] (degrees)"),
     ("systems.alanine_dipeptide.states.phi_positive", {"phi": [-10, 180]}, "phi_negative and phi_positive overlap"),
+    # Dihedral states may wrap around ±180° (lo > hi), but not be empty or leave the turn.
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [90, 90]},
+     "systems.alanine_dipeptide.states.phi_positive.phi: [lo, hi] with lo == hi is empty"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [170, -190]}, "phi: interval [170, -190] lies outside"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [190, 170]}, "phi: interval [190, 170] lies outside"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [0, -170]}, "phi_negative and phi_positive overlap"),
+    ("systems.alanine_dipeptide.states.phi_positive", [{"phi": [0, 90]}, {"phi": [90, 200]}],
+     "systems.alanine_dipeptide.states.phi_positive.1.phi: interval [90, 200] lies outside [-180, 180] (degrees)"),
+    ("systems.alanine_dipeptide.states.phi_positive", [{"phi": [0, 90]}, {"phi": [45, 180]}],
+     "systems.alanine_dipeptide.states.phi_positive: boxes 0 and 1 overlap"),
+    ("systems.alanine_dipeptide.states.phi_positive", [], "systems.alanine_dipeptide.states.phi_positive"),
+    ("systems.alanine_dipeptide.states.phi_positive", "beta",
+     "systems.alanine_dipeptide.states.phi_positive: 'beta' is not of type 'object', 'array'"),
+    # x and y of a toy do not wrap around, in a single box or in a union.
+    ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [2.5, 1.0]}],
+     "systems.double_well.states.right.1.x: expected [lo, hi] with lo < hi"),
+    ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"z": [1.0, 2.0]}], "states.right.1: Additional"),
     ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
     ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
     # Constrained MD samples another ensemble than the models reweight to (every bond and angle free).
@@ -91,6 +108,23 @@ def test_bad_config_is_one_clear_line(path, value, expected):
     message = str(error.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_dihedral_states_that_wrap_around_and_unions_of_boxes_are_valid():
+    config = _config_with("systems.alanine_dipeptide.states", {
+        "alpha": {"phi": [-180, 0], "psi": [-120, 50]},
+        "beta": {"phi": [-180, 0], "psi": [50, -120]},  # psi from 50 up through ±180 to -120
+        "left": [{"phi": [0, 180], "psi": [0, 100]}, {"phi": [0, 180], "psi": [150, -170]}]})
+    validate_config(config, SCHEMA)
+    config = _config_with("systems.alanine_dipeptide.states", {"ring": {"phi": [3.0, -3.0]},
+                                                               "rest": {"phi": [-3.0, 3.0]}})
+    config["systems"]["alanine_dipeptide"]["cv_units"] = "radians"
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"phi: interval \[3.0, -3.5\] lies outside \[-3.14159, 3.14159\] \(radians\)"):
+        config["systems"]["alanine_dipeptide"]["states"]["ring"] = {"phi": [3.0, -3.5]}
+        validate_config(config, SCHEMA)
+    config = _config_with("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [1.0, 2.5]}])
+    validate_config(config, SCHEMA)
 
 
 def test_defaults_are_filled_for_every_system():

@@ -7,7 +7,7 @@ from scipy.special import erfc
 
 from boltzflow import estimators
 from boltzflow.stages.mbar import mbar_stage
-from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
+from boltzflow.systems import State, Toy2DSystem, kt_kj_mol
 
 SPRING = 200.0  # kJ/mol/nm^2
 
@@ -22,8 +22,8 @@ def _harmonic_samples(temperature, n, rng):
 
 def test_mbar_recovers_harmonic_free_energies():
     temperatures = (300.0, 360.0, 450.0, 600.0)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("far_right", {"x": (0.05, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("far_right", ({"x": (0.05, np.inf), "y": (-np.inf, np.inf)},)))
     system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
                          bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
     rng = np.random.default_rng(1)
@@ -88,8 +88,8 @@ def test_importance_sampling_matches_quadrature_with_bootstrap_error():
     x = rng.normal(scale=scale, size=(n, 2))
     log_q = -0.5 * (x ** 2).sum(1) / scale ** 2 - np.log(2 * np.pi * scale ** 2)
     log_w, _ = estimators.log_weights(u(x), log_q)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("right", {"x": (0.0, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (0.0, np.inf), "y": (-np.inf, np.inf)},)))
     cvs = {"x": x[:, 0], "y": x[:, 1]}
 
     grid = np.linspace(-4, 4, 40001)
@@ -117,9 +117,9 @@ def test_bootstrap_error_of_a_mean_matches_the_analytic_standard_error():
 
 
 def test_state_delta_f_is_nan_when_the_reference_state_is_empty():
-    from boltzflow.systems import StateBox
+    from boltzflow.systems import State
 
-    states = (StateBox("ref", {"x": (0.0, 1.0)}), StateBox("other", {"x": (1.0, 2.0)}))
+    states = (State("ref", ({"x": (0.0, 1.0)},)), State("other", ({"x": (1.0, 2.0)},)))
     cvs = {"x": np.array([1.5, 1.6])}
     assert np.isnan(estimators.state_delta_f(np.zeros(2), cvs, states)).all()
 
@@ -150,8 +150,8 @@ def test_mbar_on_correlated_frames_scales_its_errors_by_the_statistical_ineffici
     # Each independent sample repeated g times (perfectly correlated frames, as replica exchange records
     # them) and marked with g: the same estimates, and the errors of the independent samples, not 1/√g of them.
     temperatures = (300.0, 450.0)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("right", {"x": (0.0, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (0.0, np.inf), "y": (-np.inf, np.inf)},)))
     system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
                          bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
     rng = np.random.default_rng(5)

@@ -5,7 +5,8 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
 1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
-   temperatures are positive and distinct, states lie inside the bounds and do not overlap.
+   temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
+   overlap, and only periodic CVs (dihedrals) take intervals that wrap around.
 
 This module imports no heavy dependency (no torch, no OpenMM) because the Snakefile imports it
 in the Snakemake process itself.
@@ -21,15 +22,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from boltzflow.cvs import StateError
-from boltzflow.cvs import state_box as cvs_state_box
+from boltzflow.cvs import HALF_TURN, StateError, box_keys, boxes_overlap, state_boxes
 from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
 SYSTEM_KINDS = ("toy2d", "molecule")  # the schema's $defs of each kind
-
-#: The range of a dihedral CV in each unit: states and grids live in [-half_turn, half_turn].
-HALF_TURN = {"degrees": 180.0, "radians": math.pi}
 
 
 class ConfigError(ValueError):
@@ -152,25 +149,25 @@ def _check_toy(name: str, system: dict) -> None:
             if not lo < hi:
                 raise ConfigError(f"{key}.bounds.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")
 
-    boxes = {}
-    for state, box in system["states"].items():
-        boxes[state] = state_box(f"{key}.states.{state}", box)
-        if bounds:
-            for cv, (lo, hi) in boxes[state].items():
-                blo, bhi = bounds.get(cv, (-math.inf, math.inf))
+    states = {}
+    for state, spec in system["states"].items():
+        state_key = f"{key}.states.{state}"
+        states[state] = _state_boxes(state_key, spec, TOY_CVS)
+        for box_key, box in box_keys(state_key, spec):
+            for cv, (lo, hi) in box.items():
+                blo, bhi = (bounds or {}).get(cv, (-math.inf, math.inf))
                 # An unbounded side (a missing CV) is allowed: the bounds only frame grids and plots.
                 if (math.isfinite(lo) and lo < blo) or (math.isfinite(hi) and hi > bhi):
-                    raise ConfigError(
-                        f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
-                        f"bounds.{cv} = {[blo, bhi]}")
-    _check_disjoint(f"{key}.states", boxes)
+                    raise ConfigError(f"{box_key}.{cv}: interval {[lo, hi]} lies outside bounds.{cv} = {[blo, bhi]}")
+    _check_disjoint(f"{key}.states", states)
 
 
-def _check_disjoint(key: str, boxes: dict) -> None:
-    names = list(boxes)
+def _check_disjoint(key: str, states: dict) -> None:
+    """States are unions of boxes: two overlap if any box of one overlaps any box of the other."""
+    names = list(states)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
-            if _boxes_overlap(boxes[first], boxes[second]):
+            if any(boxes_overlap(a, b) for a in states[first] for b in states[second]):
                 raise ConfigError(f"{key}: {first} and {second} overlap; states must be disjoint")
 
 
@@ -194,17 +191,12 @@ def _check_temperatures(key: str, temperatures: list) -> None:
         raise ConfigError(f"{key}: values must be distinct, got {temperatures}")
 
 
-def state_box(key: str, box: dict, cvs=TOY_CVS) -> dict[str, tuple[float, float]]:
-    """Complete a state box: a missing CV is unbounded. Intervals are half-open [lo, hi)."""
+def _state_boxes(key: str, spec, cvs: tuple[str, ...], half_turns: dict[str, float] | None = None):
+    """The boxes of a state (see :func:`boltzflow.cvs.state_boxes`), or a ConfigError naming the key."""
     try:
-        return cvs_state_box(key, box, cvs)
+        return state_boxes(key, spec, cvs, half_turns)
     except StateError as error:
         raise ConfigError(str(error)) from None
-
-
-def _boxes_overlap(a: dict, b: dict) -> bool:
-    # Half-open intervals [lo, hi) overlap iff each starts before the other ends.
-    return all(a[cv][0] < b[cv][1] and b[cv][0] < a[cv][1] for cv in a)
 
 
 def _check_molecule(name: str, system: dict) -> None:
@@ -231,17 +223,21 @@ def _check_molecule(name: str, system: dict) -> None:
                               f"{system['pdb']} has {n_atoms} atoms (indices 0-{n_atoms - 1})")
     half_turn = HALF_TURN[system["cv_units"]]
     cvs = tuple(system["cvs"])
-    boxes = {}
-    for state, box in system["states"].items():
-        for cv in box:
-            if cv not in cvs:
-                raise ConfigError(f"{key}.states.{state}.{cv}: not a CV; expected one of {', '.join(cvs)}")
-        boxes[state] = state_box(f"{key}.states.{state}", box, cvs)
-        for cv, (lo, hi) in boxes[state].items():
-            if (math.isfinite(lo) and lo < -half_turn) or (math.isfinite(hi) and hi > half_turn):
-                raise ConfigError(f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
-                                  f"[{-half_turn:g}, {half_turn:g}] ({system['cv_units']})")
-    _check_disjoint(f"{key}.states", boxes)
+    states = {}
+    for state, spec in system["states"].items():
+        state_key = f"{key}.states.{state}"
+        for box_key, box in box_keys(state_key, spec):
+            for cv, (lo, hi) in box.items():
+                if cv not in cvs:
+                    raise ConfigError(f"{box_key}.{cv}: not a CV; expected one of {', '.join(cvs)}")
+                # -inf and inf stand for an unbounded side; any other value must lie on the turn.
+                if not (-half_turn <= lo <= half_turn or lo == -math.inf) or \
+                        not (-half_turn <= hi <= half_turn or hi == math.inf):
+                    raise ConfigError(f"{box_key}.{cv}: interval {[lo, hi]} lies outside "
+                                      f"[{-half_turn:g}, {half_turn:g}] ({system['cv_units']})")
+        # Every CV is a dihedral: lo > hi wraps around the half turn.
+        states[state] = _state_boxes(state_key, spec, cvs, {cv: half_turn for cv in cvs})
+    _check_disjoint(f"{key}.states", states)
 
 
 def count_pdb_atoms(path: str, key: str) -> int:
