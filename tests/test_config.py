@@ -172,6 +172,16 @@ def test_snakemake_rejects_a_residue_the_force_field_cannot_match(tmp_path):
     assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.pdb: residue 2 (XYZ)")
 
 
+def test_snakemake_rejects_one_based_dihedral_atoms(tmp_path):
+    # The PDB serial numbers of φ (5, 7, 9, 11) for its 0-based indices (4, 6, 8, 10): O, H, HA, O.
+    workdir = copy_workflow(tmp_path)
+    lines = _rejected_config_lines(workdir, "systems:\n  alanine_dipeptide:\n    cvs: {phi: [5, 7, 9, 11], "
+                                            "psi: [6, 8, 10, 16]}\n")
+    assert len(lines) == 1
+    assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.cvs.phi: atoms 5 (ACE1 O) "
+                               "and 7 (ALA2 H) are not bonded")
+
+
 @pytest.mark.parametrize("overlay", ["test.yaml", "paper.yaml"])
 def test_shipped_configs_are_valid(overlay):
     from workflow_helpers import merged_config

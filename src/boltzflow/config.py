@@ -202,8 +202,9 @@ def _state_boxes(key: str, spec, cvs: tuple[str, ...], half_turns: dict[str, flo
 def _check_molecule(name: str, system: dict) -> None:
     """Checks that need no OpenMM: the PDB is readable, the CVs name real, distinct atoms, the states fit.
 
-    Whether the force field matches every residue needs OpenMM; the Snakefile checks it too when
-    OpenMM is importable (see rules/common.smk), and the MD job does in any case, first thing.
+    Whether the force field matches every residue, and whether each CV's atoms form a bonded chain, needs
+    OpenMM's topology; the Snakefile checks both when OpenMM is importable (see rules/common.smk), and the
+    MD job does in any case, first thing.
     """
     key = f"systems.{name}"
     _check_temperatures(f"{key}.temperatures", system["temperatures"])

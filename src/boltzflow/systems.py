@@ -294,8 +294,11 @@ class MoleculeSystem:
         return ReplicaExchangeSettings(**block)
 
     def check_backend(self) -> None:
-        """Parametrize the molecule once: a residue the force field cannot match raises MoleculeError."""
-        self.load_molecule()
+        """Parametrize the molecule once and check its CVs against its bonds: a residue the force field cannot
+        match, or a CV whose atoms are not a bonded chain, raises MoleculeError."""
+        from boltzflow.molecules import check_dihedral_chains
+
+        check_dihedral_chains(self.load_molecule(), self.cv_atoms)
 
 
 def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
