@@ -75,6 +75,14 @@ BAD = [
     ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [2.5, 1.0]}],
      "systems.double_well.states.right.1.x: expected [lo, hi] with lo < hi"),
     ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"z": [1.0, 2.0]}], "states.right.1: Additional"),
+    # Explicit solvent: a water model in the force field (any file named after one).
+    ("systems.alanine_dipeptide.forcefield", ["amber14-all.xml", "amber14/tip3p.xml"],
+     "systems.alanine_dipeptide.forcefield.1: 'amber14/tip3p.xml' is a water model; explicit solvent is not supported"),
+    ("systems.alanine_dipeptide.forcefield", ["charmm36.xml", "charmm36/water.xml"], "forcefield.1: 'charmm36/water.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber99sbildn.xml", "tip4pew.xml"], "forcefield.1: 'tip4pew.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber14-all.xml", "amber14/opc3.xml"], "forcefield.1: 'amber14/opc3.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["spce.xml", "amber99sbildn.xml"], "forcefield.0: 'spce.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber99sbildn.xml", "swm4ndp.xml"], "forcefield.1: 'swm4ndp.xml'"),
     ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
     ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
     # Constrained MD samples another ensemble than the models reweight to (every bond and angle free).
@@ -125,6 +133,27 @@ def test_dihedral_states_that_wrap_around_and_unions_of_boxes_are_valid():
         validate_config(config, SCHEMA)
     config = _config_with("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [1.0, 2.5]}])
     validate_config(config, SCHEMA)
+
+
+def _alanine_with_water(tmp_path, residue: str):
+    """The shipped alanine dipeptide with one more residue, a water molecule or an ion, after it."""
+    lines = (ROOT / "data/alanine_dipeptide.pdb").read_text().splitlines()
+    atoms = [line for line in lines if line.startswith(("ATOM", "HETATM"))]
+    extra = [f"HETATM   23  O   {residue:<4}A   4       9.000   9.000   9.000  1.00  0.00           O  "]
+    path = tmp_path / "solvated.pdb"
+    path.write_text("\n".join(atoms + extra + ["END"]) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("residue", ["HOH", "WAT", "TIP3", "SOL", "NA", "CL", "K", "Na+", "Cl-"])
+def test_water_or_ions_in_the_pdb_are_refused_as_explicit_solvent(tmp_path, residue):
+    path = _alanine_with_water(tmp_path, residue)
+    with pytest.raises(ConfigError) as error:
+        validate_config(_config_with("systems.alanine_dipeptide.pdb", path), SCHEMA)
+    message = str(error.value)
+    assert message.startswith(f"systems.alanine_dipeptide.pdb: '{path}' holds water or ions (residue {residue} 4)")
+    assert "explicit solvent is not supported" in message and "implicit/obc2.xml" in message
+    assert "\n" not in message
 
 
 def test_defaults_are_filled_for_every_system():

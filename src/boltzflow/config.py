@@ -6,7 +6,8 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
-   overlap, and only periodic CVs (dihedrals) take intervals that wrap around.
+   overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
+   solvent (a water-model file, or water or ions in its PDB).
 
 This module imports no heavy dependency (no torch, no OpenMM) because the Snakefile imports it
 in the Snakemake process itself.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,19 @@ from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
 SYSTEM_KINDS = ("toy2d", "molecule")  # the schema's $defs of each kind
+
+#: Explicit solvent is refused: boltzflow samples solute configurations, and MD runs without cutoffs or a
+#: periodic box. A water-model file beside a bare solute changes nothing (the run is in vacuum, silently),
+#: and water in the PDB would be a droplet in vacuum whose every molecule the models would have to learn.
+EXPLICIT_SOLVENT = ("explicit solvent is not supported (boltzflow samples the solute in vacuum or implicit "
+                    "solvent); use an implicit-solvent file instead, e.g. [amber99sbildn.xml, amber99_obc.xml] "
+                    "or [amber14-all.xml, implicit/obc2.xml]")
+#: Words that begin the names of OpenMM's water-model files (amber14/tip3p.xml, charmm36/tip3p-pme-b.xml,
+#: tip4pew.xml, spce.xml, opc3.xml, swm4ndp.xml, charmm36/water.xml, iamoeba.xml).
+WATER_MODELS = ("tip3p", "tip4p", "tip5p", "spc", "opc", "swm4", "swm6", "water", "iamoeba")
+#: Residue names of water and of the common ions of explicit solvent, upper case (AMBER, CHARMM, GROMACS).
+SOLVENT_RESIDUES = frozenset({"HOH", "WAT", "H2O", "DOD", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "T5P", "TP3",
+                              "SOL", "SPC", "OPC", "NA", "CL", "K", "NA+", "CL-", "K+", "SOD", "CLA", "POT"})
 
 
 class ConfigError(ValueError):
@@ -200,7 +215,8 @@ def _state_boxes(key: str, spec, cvs: tuple[str, ...], half_turns: dict[str, flo
 
 
 def _check_molecule(name: str, system: dict) -> None:
-    """Checks that need no OpenMM: the PDB is readable, the CVs name real, distinct atoms, the states fit.
+    """Checks that need no OpenMM: the PDB is readable and holds no solvent, the force field no water model,
+    the CVs name real, distinct atoms, the states fit.
 
     Whether the force field matches every residue, and whether each CV's atoms form a bonded chain, needs
     OpenMM's topology; the Snakefile checks both when OpenMM is importable (see rules/common.smk), and the
@@ -215,7 +231,10 @@ def _check_molecule(name: str, system: dict) -> None:
     if md["steps_per_exchange"] % md["report_interval"]:
         raise ConfigError(f"{key}.md.report_interval: {md['report_interval']} must divide "
                           f"steps_per_exchange = {md['steps_per_exchange']}")
-    n_atoms = count_pdb_atoms(system["pdb"], f"{key}.pdb")
+    _check_no_water_model(f"{key}.forcefield", system["forcefield"])
+    records = pdb_atom_records(system["pdb"], f"{key}.pdb")
+    _check_no_solvent_residues(f"{key}.pdb", system["pdb"], records)
+    n_atoms = len(records)
     for cv, atoms in system["cvs"].items():
         if len(set(atoms)) != 4:
             raise ConfigError(f"{key}.cvs.{cv}: atom indices must be distinct, got {atoms}")
@@ -241,23 +260,46 @@ def _check_molecule(name: str, system: dict) -> None:
     _check_disjoint(f"{key}.states", states)
 
 
-def count_pdb_atoms(path: str, key: str) -> int:
-    """Number of ATOM/HETATM records of the first model, or ConfigError naming the key and file."""
+def pdb_atom_records(path: str, key: str) -> list[str]:
+    """The ATOM/HETATM records of the first model, or ConfigError naming the key and file."""
     try:
         with open(path) as handle:
             lines = handle.readlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{key}: cannot read {path!r} ({error.__class__.__name__}: "
                           f"{getattr(error, 'strerror', None) or error})") from None
-    n_atoms = 0
+    records = []
     for line in lines:
         if line.startswith("ENDMDL"):
             break
         if line.startswith(("ATOM  ", "HETATM")):
-            n_atoms += 1
-    if n_atoms == 0:
+            records.append(line)
+    if not records:
         raise ConfigError(f"{key}: {path!r} has no ATOM or HETATM records; expected a PDB file")
-    return n_atoms
+    return records
+
+
+def _check_no_water_model(key: str, forcefield: list[str]) -> None:
+    """A force-field file of a water model means explicit solvent (see :data:`WATER_MODELS`)."""
+    for index, path in enumerate(forcefield):
+        words = re.split(r"[^a-z0-9]+", path.lower())
+        if any(word.startswith(WATER_MODELS) for word in words):
+            raise ConfigError(f"{key}.{index}: {path!r} is a water model; {EXPLICIT_SOLVENT}")
+
+
+def _check_no_solvent_residues(key: str, path: str, records: list[str]) -> None:
+    """Water or ions in the PDB mean explicit solvent (see :data:`SOLVENT_RESIDUES`)."""
+    solvent = []
+    for line in records:
+        # Residue name in columns 18-21 (four-letter names such as TIP3 spill into column 21), number 23-26.
+        residue = (line[17:21].strip(), line[22:26].strip(), line[21])
+        if residue[0].upper() in SOLVENT_RESIDUES and residue not in solvent:
+            solvent.append(residue)
+    if solvent:
+        name, number, _ = solvent[0]
+        more = f" and {len(solvent) - 1} more" if len(solvent) > 1 else ""
+        raise ConfigError(f"{key}: {path!r} holds water or ions (residue {name} {number}{more}); remove them: "
+                          f"{EXPLICIT_SOLVENT}")
 
 
 #: The checks a schema cannot express, per system kind (``type``).
