@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from scipy.special import erfc
+from scipy.special import erf, erfc
 
 from boltzflow import estimators
 from boltzflow.stages.mbar import mbar_stage
@@ -49,6 +49,29 @@ def test_mbar_recovers_harmonic_free_energies():
     core = np.abs(centres) < 1.5 * sigma
     # Bin-averaged density differs from the centre value by O(width²); 0.05 kT covers it here.
     assert np.all(np.abs(profile[core] - truth[core]) < 4 * perr[core] + 0.05)
+
+
+@pytest.mark.parametrize("gap_nm, warned", [(0.05, True), (0.005, False)])
+def test_mbar_measures_and_warns_about_the_share_of_the_ensemble_in_no_state(gap_nm, warned):
+    # States x < 0 and x >= gap leave 0 <= x < gap in no state: at the target P = erf(gap / (σ√2)) / 2.
+    temperatures = (300.0, 400.0)
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (gap_nm, np.inf), "y": (-np.inf, np.inf)},)))
+    system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
+                         bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
+    rng = np.random.default_rng(2)
+    lines = []
+    _, observables = mbar_stage(system, [_harmonic_samples(t, 4000, rng) for t in temperatures], bins=20,
+                                log=lines.append)
+    sigma = np.sqrt(kt_kj_mol(300.0) / SPRING)
+    expected = 0.5 * erf(gap_nm / (sigma * np.sqrt(2)))
+    fraction = observables["fraction_in_no_state"]
+    # The binomial standard error of a probability from ~8000 samples is below 0.005.
+    assert abs(float(fraction) - expected) < 0.02
+    assert fraction.attrs["units"] == "1"
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert warnings == ([f"WARNING: {100 * float(fraction):.0f} % of the 300 K ensemble (MBAR) lies in no state "
+                         "of harmonic; ΔF only compares the states listed"] if warned else [])
 
 
 @pytest.mark.parametrize("weights, expected", [

@@ -157,6 +157,16 @@ def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[S
         return log_p[0] - log_p
 
 
+def probability_in_no_state(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[State, ...]) -> float:
+    """The normalized weight of the samples that lie in none of the states (0 with no finite weight)."""
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    if not np.isfinite(log_w).any():
+        return 0.0
+    in_a_state = np.any([state.contains(cvs) for state in states], axis=0)
+    with np.errstate(divide="ignore"):  # every sample in a state: ln 0
+        return float(np.exp(logsumexp(np.where(in_a_state, -np.inf, log_w)) - logsumexp(log_w)))
+
+
 def weighted_profile(values: np.ndarray, log_w: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """F(bin) = -ln(p / width) in kT from weighted samples (p normalized over all samples); NaN if empty."""
     weights = np.exp(log_w - logsumexp(log_w))
