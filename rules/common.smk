@@ -22,7 +22,8 @@ RUN = config.get("run", list(SYSTEMS))
 
 
 def check_molecules_with_openmm():
-    """Parametrize each molecule once, so that a residue the force field cannot match stops the run here.
+    """Parametrize each molecule once, so that a residue the force field cannot match, or a CV whose four
+    atoms are not a bonded chain (1-based PDB serials for 0-based indices), stops the run here.
 
     Only where OpenMM is importable in the Snakemake process (the pip route); with --use-conda it lives in
     the rule environments, and the MD job reports the same one-line error first thing. Whether the chosen

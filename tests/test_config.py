@@ -58,6 +58,31 @@ BAD = [
     ("systems.alanine_dipeptide.states.phi_positive", {"omega": [0, 180]}, "not a CV; expected one of phi, psi"),
     ("systems.alanine_dipeptide.states.phi_positive", {"phi": [0, 270]}, "lies outside [-180, 180] (degrees)"),
     ("systems.alanine_dipeptide.states.phi_positive", {"phi": [-10, 180]}, "phi_negative and phi_positive overlap"),
+    # Dihedral states may wrap around ±180° (lo > hi), but not be empty or leave the turn.
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [90, 90]},
+     "systems.alanine_dipeptide.states.phi_positive.phi: [lo, hi] with lo == hi is empty"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [170, -190]}, "phi: interval [170, -190] lies outside"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [190, 170]}, "phi: interval [190, 170] lies outside"),
+    ("systems.alanine_dipeptide.states.phi_positive", {"phi": [0, -170]}, "phi_negative and phi_positive overlap"),
+    ("systems.alanine_dipeptide.states.phi_positive", [{"phi": [0, 90]}, {"phi": [90, 200]}],
+     "systems.alanine_dipeptide.states.phi_positive.1.phi: interval [90, 200] lies outside [-180, 180] (degrees)"),
+    ("systems.alanine_dipeptide.states.phi_positive", [{"phi": [0, 90]}, {"phi": [45, 180]}],
+     "systems.alanine_dipeptide.states.phi_positive: boxes 0 and 1 overlap"),
+    ("systems.alanine_dipeptide.states.phi_positive", [], "systems.alanine_dipeptide.states.phi_positive"),
+    ("systems.alanine_dipeptide.states.phi_positive", "beta",
+     "systems.alanine_dipeptide.states.phi_positive: 'beta' is not of type 'object', 'array'"),
+    # x and y of a toy do not wrap around, in a single box or in a union.
+    ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [2.5, 1.0]}],
+     "systems.double_well.states.right.1.x: expected [lo, hi] with lo < hi"),
+    ("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"z": [1.0, 2.0]}], "states.right.1: Additional"),
+    # Explicit solvent: a water model in the force field (any file named after one).
+    ("systems.alanine_dipeptide.forcefield", ["amber14-all.xml", "amber14/tip3p.xml"],
+     "systems.alanine_dipeptide.forcefield.1: 'amber14/tip3p.xml' is a water model; explicit solvent is not supported"),
+    ("systems.alanine_dipeptide.forcefield", ["charmm36.xml", "charmm36/water.xml"], "forcefield.1: 'charmm36/water.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber99sbildn.xml", "tip4pew.xml"], "forcefield.1: 'tip4pew.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber14-all.xml", "amber14/opc3.xml"], "forcefield.1: 'amber14/opc3.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["spce.xml", "amber99sbildn.xml"], "forcefield.0: 'spce.xml'"),
+    ("systems.alanine_dipeptide.forcefield", ["amber99sbildn.xml", "swm4ndp.xml"], "forcefield.1: 'swm4ndp.xml'"),
     ("systems.alanine_dipeptide.md.platform", "Quantum", "systems.alanine_dipeptide.md.platform"),
     ("systems.alanine_dipeptide.constraints", "all", "systems.alanine_dipeptide.constraints"),
     # Constrained MD samples another ensemble than the models reweight to (every bond and angle free).
@@ -90,6 +115,44 @@ def test_bad_config_is_one_clear_line(path, value, expected):
         validate_config(_config_with(path, value), SCHEMA)
     message = str(error.value)
     assert expected in message
+    assert "\n" not in message
+
+
+def test_dihedral_states_that_wrap_around_and_unions_of_boxes_are_valid():
+    config = _config_with("systems.alanine_dipeptide.states", {
+        "alpha": {"phi": [-180, 0], "psi": [-120, 50]},
+        "beta": {"phi": [-180, 0], "psi": [50, -120]},  # psi from 50 up through ±180 to -120
+        "left": [{"phi": [0, 180], "psi": [0, 100]}, {"phi": [0, 180], "psi": [150, -170]}]})
+    validate_config(config, SCHEMA)
+    config = _config_with("systems.alanine_dipeptide.states", {"ring": {"phi": [3.0, -3.0]},
+                                                               "rest": {"phi": [-3.0, 3.0]}})
+    config["systems"]["alanine_dipeptide"]["cv_units"] = "radians"
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"phi: interval \[3.0, -3.5\] lies outside \[-3.14159, 3.14159\] \(radians\)"):
+        config["systems"]["alanine_dipeptide"]["states"]["ring"] = {"phi": [3.0, -3.5]}
+        validate_config(config, SCHEMA)
+    config = _config_with("systems.double_well.states.right", [{"x": [0.0, 1.0]}, {"x": [1.0, 2.5]}])
+    validate_config(config, SCHEMA)
+
+
+def _alanine_with_water(tmp_path, residue: str):
+    """The shipped alanine dipeptide with one more residue, a water molecule or an ion, after it."""
+    lines = (ROOT / "data/alanine_dipeptide.pdb").read_text().splitlines()
+    atoms = [line for line in lines if line.startswith(("ATOM", "HETATM"))]
+    extra = [f"HETATM   23  O   {residue:<4}A   4       9.000   9.000   9.000  1.00  0.00           O  "]
+    path = tmp_path / "solvated.pdb"
+    path.write_text("\n".join(atoms + extra + ["END"]) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("residue", ["HOH", "WAT", "TIP3", "SOL", "NA", "CL", "K", "Na+", "Cl-"])
+def test_water_or_ions_in_the_pdb_are_refused_as_explicit_solvent(tmp_path, residue):
+    path = _alanine_with_water(tmp_path, residue)
+    with pytest.raises(ConfigError) as error:
+        validate_config(_config_with("systems.alanine_dipeptide.pdb", path), SCHEMA)
+    message = str(error.value)
+    assert message.startswith(f"systems.alanine_dipeptide.pdb: '{path}' holds water or ions (residue {residue} 4)")
+    assert "explicit solvent is not supported" in message and "implicit/obc2.xml" in message
     assert "\n" not in message
 
 
@@ -136,6 +199,16 @@ def test_snakemake_rejects_a_residue_the_force_field_cannot_match(tmp_path):
     lines = _rejected_config_lines(workdir, "systems:\n  alanine_dipeptide:\n    pdb: data/bad.pdb\n")
     assert len(lines) == 1
     assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.pdb: residue 2 (XYZ)")
+
+
+def test_snakemake_rejects_one_based_dihedral_atoms(tmp_path):
+    # The PDB serial numbers of φ (5, 7, 9, 11) for its 0-based indices (4, 6, 8, 10): O, H, HA, O.
+    workdir = copy_workflow(tmp_path)
+    lines = _rejected_config_lines(workdir, "systems:\n  alanine_dipeptide:\n    cvs: {phi: [5, 7, 9, 11], "
+                                            "psi: [6, 8, 10, 16]}\n")
+    assert len(lines) == 1
+    assert lines[0].startswith("boltzflow: invalid config: systems.alanine_dipeptide.cvs.phi: atoms 5 (ACE1 O) "
+                               "and 7 (ALA2 H) are not bonded")
 
 
 @pytest.mark.parametrize("overlay", ["test.yaml", "paper.yaml"])

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import xarray as xr
-from scipy.special import erfc
+from scipy.special import erf, erfc
 
 from boltzflow import estimators
 from boltzflow.stages.mbar import mbar_stage
-from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
+from boltzflow.systems import State, Toy2DSystem, kt_kj_mol
 
 SPRING = 200.0  # kJ/mol/nm^2
 
@@ -22,8 +22,8 @@ def _harmonic_samples(temperature, n, rng):
 
 def test_mbar_recovers_harmonic_free_energies():
     temperatures = (300.0, 360.0, 450.0, 600.0)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("far_right", {"x": (0.05, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("far_right", ({"x": (0.05, np.inf), "y": (-np.inf, np.inf)},)))
     system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
                          bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
     rng = np.random.default_rng(1)
@@ -49,6 +49,29 @@ def test_mbar_recovers_harmonic_free_energies():
     core = np.abs(centres) < 1.5 * sigma
     # Bin-averaged density differs from the centre value by O(width²); 0.05 kT covers it here.
     assert np.all(np.abs(profile[core] - truth[core]) < 4 * perr[core] + 0.05)
+
+
+@pytest.mark.parametrize("gap_nm, warned", [(0.05, True), (0.005, False)])
+def test_mbar_measures_and_warns_about_the_share_of_the_ensemble_in_no_state(gap_nm, warned):
+    # States x < 0 and x >= gap leave 0 <= x < gap in no state: at the target P = erf(gap / (σ√2)) / 2.
+    temperatures = (300.0, 400.0)
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (gap_nm, np.inf), "y": (-np.inf, np.inf)},)))
+    system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
+                         bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
+    rng = np.random.default_rng(2)
+    lines = []
+    _, observables = mbar_stage(system, [_harmonic_samples(t, 4000, rng) for t in temperatures], bins=20,
+                                log=lines.append)
+    sigma = np.sqrt(kt_kj_mol(300.0) / SPRING)
+    expected = 0.5 * erf(gap_nm / (sigma * np.sqrt(2)))
+    fraction = observables["fraction_in_no_state"]
+    # The binomial standard error of a probability from ~8000 samples is below 0.005.
+    assert abs(float(fraction) - expected) < 0.02
+    assert fraction.attrs["units"] == "1"
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert warnings == ([f"WARNING: {100 * float(fraction):.0f} % of the 300 K ensemble (MBAR) lies in no state "
+                         "of harmonic; ΔF only compares the states listed"] if warned else [])
 
 
 @pytest.mark.parametrize("weights, expected", [
@@ -88,8 +111,8 @@ def test_importance_sampling_matches_quadrature_with_bootstrap_error():
     x = rng.normal(scale=scale, size=(n, 2))
     log_q = -0.5 * (x ** 2).sum(1) / scale ** 2 - np.log(2 * np.pi * scale ** 2)
     log_w, _ = estimators.log_weights(u(x), log_q)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("right", {"x": (0.0, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (0.0, np.inf), "y": (-np.inf, np.inf)},)))
     cvs = {"x": x[:, 0], "y": x[:, 1]}
 
     grid = np.linspace(-4, 4, 40001)
@@ -117,9 +140,9 @@ def test_bootstrap_error_of_a_mean_matches_the_analytic_standard_error():
 
 
 def test_state_delta_f_is_nan_when_the_reference_state_is_empty():
-    from boltzflow.systems import StateBox
+    from boltzflow.systems import State
 
-    states = (StateBox("ref", {"x": (0.0, 1.0)}), StateBox("other", {"x": (1.0, 2.0)}))
+    states = (State("ref", ({"x": (0.0, 1.0)},)), State("other", ({"x": (1.0, 2.0)},)))
     cvs = {"x": np.array([1.5, 1.6])}
     assert np.isnan(estimators.state_delta_f(np.zeros(2), cvs, states)).all()
 
@@ -150,8 +173,8 @@ def test_mbar_on_correlated_frames_scales_its_errors_by_the_statistical_ineffici
     # Each independent sample repeated g times (perfectly correlated frames, as replica exchange records
     # them) and marked with g: the same estimates, and the errors of the independent samples, not 1/√g of them.
     temperatures = (300.0, 450.0)
-    states = (StateBox("left", {"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)}),
-              StateBox("right", {"x": (0.0, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (0.0, np.inf), "y": (-np.inf, np.inf)},)))
     system = Toy2DSystem("harmonic", f"0.5*{SPRING}*(x^2 + y^2)", temperatures, states,
                          bounds={"x": (-0.4, 0.4), "y": (-0.4, 0.4)})
     rng = np.random.default_rng(5)

@@ -8,7 +8,7 @@ import torch
 from test_scores import AnalyticGaussianScore
 
 from boltzflow import estimators
-from boltzflow.cvs import StateBox
+from boltzflow.cvs import State
 from boltzflow.generators import CartesianMap, ScoreGenerator
 from boltzflow.integrator_check import integrator_error, step_doubling_weights
 from boltzflow.probability_flow import exact_divergence, integrate_probability_flow, standard_normal_log_prob
@@ -24,7 +24,7 @@ SCHEDULE = VPSchedule(beta_min=0.1, beta_max=20.0, t_min=1e-3)  # the config's d
 ANGLE = 0.5
 ROTATION = torch.tensor([[math.cos(ANGLE), -math.sin(ANGLE)], [math.sin(ANGLE), math.cos(ANGLE)]], dtype=torch.float64)
 MEAN = torch.tensor([0.2, -0.1], dtype=torch.float64)
-STATES = (StateBox("low", {"x": (-10.0, 0.2)}), StateBox("high", {"x": (0.2, 10.0)}))
+STATES = (State("low", ({"x": (-10.0, 0.2)},)), State("high", ({"x": (0.2, 10.0)},)))
 
 
 def cvs(x):

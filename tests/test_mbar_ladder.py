@@ -5,14 +5,14 @@ import pytest
 import xarray as xr
 
 from boltzflow.stages.mbar import MDFileError, check_ladder
-from boltzflow.systems import StateBox, Toy2DSystem
+from boltzflow.systems import State, Toy2DSystem
 
 LADDER = (300.0, 348.0, 404.0)
 NAMES = [f"results/t/md/{t:g}K.nc" for t in LADDER]
 
 
 def _system():
-    everywhere = StateBox("all", {"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)})
+    everywhere = State("all", ({"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)},))
     return Toy2DSystem("t", "x^2 + y^2", LADDER, (everywhere,))
 
 

@@ -6,14 +6,14 @@ import pytest
 from boltzflow.md import run_langevin
 from boltzflow.settings import LangevinSettings
 from boltzflow.stages.md import md_stage
-from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
+from boltzflow.systems import State, Toy2DSystem, kt_kj_mol
 
 SETTINGS = LangevinSettings(walkers=200, steps=4000, equilibration_steps=500, report_interval=20,
                             timestep_fs=5.0, friction_per_ps=5.0, seed=7)
 
 
 def _harmonic(kx=300.0, ky=100.0):
-    box = StateBox("all", {"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)})
+    box = State("all", ({"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)},))
     return Toy2DSystem("harmonic", f"0.5*{kx}*x^2 + 0.5*{ky}*(y-0.2)^2", (300.0,), (box,),
                        bounds={"x": (-0.3, 0.3), "y": (-0.1, 0.5)})
 

@@ -20,12 +20,15 @@ import torch
 from boltzflow.molecules import (
     EnergyEvaluator,
     MoleculeError,
+    check_dihedral_chains,
     load_molecule,
     reduced_energy_function,
     select_platform,
     validate_dihedrals,
 )
-from boltzflow.systems import kt_kj_mol
+from boltzflow.settings import ReplicaExchangeSettings
+from boltzflow.stages.md import replica_exchange_stage
+from boltzflow.systems import kt_kj_mol, molecule_system_from_config
 
 ALANINE_DIPEPTIDE_PDB = Path(__file__).resolve().parents[1] / "data" / "alanine_dipeptide.pdb"
 # φ = C(ACE)-N-CA-C(ALA), 0-based indices in the shipped PDB.
@@ -151,6 +154,33 @@ def test_reduced_energy_gradient_is_minus_forces_over_kt(molecule, perturbed_pos
     expected = np.nan_to_num(-forces_kj_mol_nm / kt, nan=0.0)
     np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
     assert (x.grad[2] == 0).all()
+
+
+def test_dihedrals_of_bonded_chains_pass_the_chain_check(molecule):
+    check_dihedral_chains(molecule, {"phi": PHI_ATOMS, "psi": [6, 8, 10, 16]})
+
+
+def test_one_based_pdb_serials_are_caught_as_no_bonded_chain(molecule):
+    # φ by its PDB serial numbers 5, 7, 9, 11: the atoms O, H, HA, O, which have a dihedral angle but no bonds.
+    with pytest.raises(MoleculeError) as raised:
+        check_dihedral_chains(molecule, {"phi": [5, 7, 9, 11]})
+    message = str(raised.value)
+    assert message.startswith("molecule.cvs.phi: atoms 5 (ACE1 O) and 7 (ALA2 H) are not bonded, so [5, 7, 9, 11] "
+                              "(ACE1 O – ALA2 H – ALA2 HA – ALA2 O) is not a bonded chain")
+    assert "0-based" in message and "\n" not in message
+
+
+def test_replica_exchange_log_names_the_atoms_of_each_cv():
+    system = molecule_system_from_config("alanine_dipeptide", {
+        "type": "molecule", "pdb": str(ALANINE_DIPEPTIDE_PDB), "forcefield": ["amber99sbildn.xml", "amber99_obc.xml"],
+        "constraints": "none", "temperatures": [300, 400], "cv_units": "degrees",
+        "cvs": {"phi": PHI_ATOMS, "psi": [6, 8, 10, 16]}, "states": {"all": {}}})
+    settings = ReplicaExchangeSettings(steps_per_exchange=2, exchanges=1, equilibration_exchanges=0,
+                                       report_interval=1, platform="Reference")
+    lines = []
+    replica_exchange_stage(system, settings, log=lines.append)
+    assert "phi = ACE1 C – ALA2 N – ALA2 CA – ALA2 C" in lines
+    assert "psi = ALA2 N – ALA2 CA – ALA2 C – NME3 N" in lines
 
 
 def test_auto_platform_returns_an_available_platform_and_logs_timings(molecule):

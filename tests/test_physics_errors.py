@@ -19,7 +19,7 @@ from boltzflow.replica_exchange import run_replica_exchange
 from boltzflow.settings import LangevinSettings, ReplicaExchangeSettings
 from boltzflow.stages.mbar import mbar_stage
 from boltzflow.stages.md import md_stage
-from boltzflow.systems import StateBox, Toy2DSystem
+from boltzflow.systems import State, Toy2DSystem
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
 BOX = {"x": (-1.0, 1.0), "y": (-1.0, 1.0)}
@@ -30,7 +30,7 @@ BAD_ENERGIES = {"-x^2-y^2": r"walker \d+ escaped to [xy] = -?[\d.]+ nm at step \
 
 
 def _toy(energy, bounds=BOX):
-    everywhere = StateBox("all", {"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)})
+    everywhere = State("all", ({"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)},))
     return Toy2DSystem("bad", energy, (300.0,), (everywhere,), bounds=bounds)
 
 
@@ -123,7 +123,7 @@ def _md_file(temperature_k, energy, rng):
 
 
 def _ladder_toy():
-    return Toy2DSystem("bad", "x^2 + y^2", (300.0, 400.0), (StateBox("all", BOX),), bounds=BOX)
+    return Toy2DSystem("bad", "x^2 + y^2", (300.0, 400.0), (State("all", (BOX,)),), bounds=BOX)
 
 
 def test_mbar_names_the_file_with_a_non_finite_energy():

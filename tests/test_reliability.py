@@ -13,7 +13,7 @@ from boltzflow.stages.datasets import grid_coords, samples_dataset
 from boltzflow.stages.quadrature import QuadratureError, quadrature_stage
 from boltzflow.stages.reweight import reweight_stage
 from boltzflow.stages.summary import summary_stage, summary_table
-from boltzflow.systems import StateBox, Toy2DSystem, kt_kj_mol
+from boltzflow.systems import State, Toy2DSystem, kt_kj_mol
 
 SETTINGS = AnalysisSettings(bootstrap=50)
 
@@ -115,8 +115,8 @@ def test_verdict_fails_exactly_the_checks_at_their_thresholds(changes, states, f
 
 
 def _gaussian_system(spring=300.0):
-    states = (StateBox("left", {"x": (-np.inf, 0.1), "y": (-np.inf, np.inf)}),
-              StateBox("right", {"x": (0.1, np.inf), "y": (-np.inf, np.inf)}))
+    states = (State("left", ({"x": (-np.inf, 0.1), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (0.1, np.inf), "y": (-np.inf, np.inf)},)))
     return Toy2DSystem("harmonic", f"0.5*{spring}*(x^2 + y^2)", (300.0,), states,
                        bounds={"x": (-0.3, 0.3), "y": (-0.3, 0.3)})
 
@@ -147,7 +147,7 @@ def test_quadrature_matches_the_gaussian_closed_form():
 
 
 def test_quadrature_refuses_an_energy_unbounded_below():
-    states = (StateBox("all", {"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)}),)
+    states = (State("all", ({"x": (-np.inf, np.inf), "y": (-np.inf, np.inf)},)),)
     system = Toy2DSystem("hill", "-x^2-y^2", (300.0,), states, bounds={"x": (-1, 1), "y": (-1, 1)})
     with pytest.raises(QuadratureError, match="does not vanish"):
         quadrature_stage(system, _observables(system, 10), SETTINGS, log=lambda _: None)

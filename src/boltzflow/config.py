@@ -5,7 +5,9 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
 1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
-   temperatures are positive and distinct, states lie inside the bounds and do not overlap.
+   temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
+   overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
+   solvent (a water-model file, or water or ions in its PDB).
 
 This module imports no heavy dependency (no torch, no OpenMM) because the Snakefile imports it
 in the Snakemake process itself.
@@ -15,21 +17,31 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from boltzflow.cvs import StateError
-from boltzflow.cvs import state_box as cvs_state_box
+from boltzflow.cvs import HALF_TURN, StateError, box_keys, boxes_overlap, state_boxes
 from boltzflow.expression import ExpressionError, parse_expression
 
 TOY_CVS = ("x", "y")
 SYSTEM_KINDS = ("toy2d", "molecule")  # the schema's $defs of each kind
 
-#: The range of a dihedral CV in each unit: states and grids live in [-half_turn, half_turn].
-HALF_TURN = {"degrees": 180.0, "radians": math.pi}
+#: Explicit solvent is refused: boltzflow samples solute configurations, and MD runs without cutoffs or a
+#: periodic box. A water-model file beside a bare solute changes nothing (the run is in vacuum, silently),
+#: and water in the PDB would be a droplet in vacuum whose every molecule the models would have to learn.
+EXPLICIT_SOLVENT = ("explicit solvent is not supported (boltzflow samples the solute in vacuum or implicit "
+                    "solvent); use an implicit-solvent file instead, e.g. [amber99sbildn.xml, amber99_obc.xml] "
+                    "or [amber14-all.xml, implicit/obc2.xml]")
+#: Words that begin the names of OpenMM's water-model files (amber14/tip3p.xml, charmm36/tip3p-pme-b.xml,
+#: tip4pew.xml, spce.xml, opc3.xml, swm4ndp.xml, charmm36/water.xml, iamoeba.xml).
+WATER_MODELS = ("tip3p", "tip4p", "tip5p", "spc", "opc", "swm4", "swm6", "water", "iamoeba")
+#: Residue names of water and of the common ions of explicit solvent, upper case (AMBER, CHARMM, GROMACS).
+SOLVENT_RESIDUES = frozenset({"HOH", "WAT", "H2O", "DOD", "TIP3", "TIP4", "TIP5", "T3P", "T4P", "T5P", "TP3",
+                              "SOL", "SPC", "OPC", "NA", "CL", "K", "NA+", "CL-", "K+", "SOD", "CLA", "POT"})
 
 
 class ConfigError(ValueError):
@@ -152,25 +164,25 @@ def _check_toy(name: str, system: dict) -> None:
             if not lo < hi:
                 raise ConfigError(f"{key}.bounds.{cv}: expected [lo, hi] with lo < hi, got {[lo, hi]}")
 
-    boxes = {}
-    for state, box in system["states"].items():
-        boxes[state] = state_box(f"{key}.states.{state}", box)
-        if bounds:
-            for cv, (lo, hi) in boxes[state].items():
-                blo, bhi = bounds.get(cv, (-math.inf, math.inf))
+    states = {}
+    for state, spec in system["states"].items():
+        state_key = f"{key}.states.{state}"
+        states[state] = _state_boxes(state_key, spec, TOY_CVS)
+        for box_key, box in box_keys(state_key, spec):
+            for cv, (lo, hi) in box.items():
+                blo, bhi = (bounds or {}).get(cv, (-math.inf, math.inf))
                 # An unbounded side (a missing CV) is allowed: the bounds only frame grids and plots.
                 if (math.isfinite(lo) and lo < blo) or (math.isfinite(hi) and hi > bhi):
-                    raise ConfigError(
-                        f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
-                        f"bounds.{cv} = {[blo, bhi]}")
-    _check_disjoint(f"{key}.states", boxes)
+                    raise ConfigError(f"{box_key}.{cv}: interval {[lo, hi]} lies outside bounds.{cv} = {[blo, bhi]}")
+    _check_disjoint(f"{key}.states", states)
 
 
-def _check_disjoint(key: str, boxes: dict) -> None:
-    names = list(boxes)
+def _check_disjoint(key: str, states: dict) -> None:
+    """States are unions of boxes: two overlap if any box of one overlaps any box of the other."""
+    names = list(states)
     for i, first in enumerate(names):
         for second in names[i + 1:]:
-            if _boxes_overlap(boxes[first], boxes[second]):
+            if any(boxes_overlap(a, b) for a in states[first] for b in states[second]):
                 raise ConfigError(f"{key}: {first} and {second} overlap; states must be disjoint")
 
 
@@ -194,24 +206,21 @@ def _check_temperatures(key: str, temperatures: list) -> None:
         raise ConfigError(f"{key}: values must be distinct, got {temperatures}")
 
 
-def state_box(key: str, box: dict, cvs=TOY_CVS) -> dict[str, tuple[float, float]]:
-    """Complete a state box: a missing CV is unbounded. Intervals are half-open [lo, hi)."""
+def _state_boxes(key: str, spec, cvs: tuple[str, ...], half_turns: dict[str, float] | None = None):
+    """The boxes of a state (see :func:`boltzflow.cvs.state_boxes`), or a ConfigError naming the key."""
     try:
-        return cvs_state_box(key, box, cvs)
+        return state_boxes(key, spec, cvs, half_turns)
     except StateError as error:
         raise ConfigError(str(error)) from None
 
 
-def _boxes_overlap(a: dict, b: dict) -> bool:
-    # Half-open intervals [lo, hi) overlap iff each starts before the other ends.
-    return all(a[cv][0] < b[cv][1] and b[cv][0] < a[cv][1] for cv in a)
-
-
 def _check_molecule(name: str, system: dict) -> None:
-    """Checks that need no OpenMM: the PDB is readable, the CVs name real, distinct atoms, the states fit.
+    """Checks that need no OpenMM: the PDB is readable and holds no solvent, the force field no water model,
+    the CVs name real, distinct atoms, the states fit.
 
-    Whether the force field matches every residue needs OpenMM; the Snakefile checks it too when
-    OpenMM is importable (see rules/common.smk), and the MD job does in any case, first thing.
+    Whether the force field matches every residue, and whether each CV's atoms form a bonded chain, needs
+    OpenMM's topology; the Snakefile checks both when OpenMM is importable (see rules/common.smk), and the
+    MD job does in any case, first thing.
     """
     key = f"systems.{name}"
     _check_temperatures(f"{key}.temperatures", system["temperatures"])
@@ -222,7 +231,10 @@ def _check_molecule(name: str, system: dict) -> None:
     if md["steps_per_exchange"] % md["report_interval"]:
         raise ConfigError(f"{key}.md.report_interval: {md['report_interval']} must divide "
                           f"steps_per_exchange = {md['steps_per_exchange']}")
-    n_atoms = count_pdb_atoms(system["pdb"], f"{key}.pdb")
+    _check_no_water_model(f"{key}.forcefield", system["forcefield"])
+    records = pdb_atom_records(system["pdb"], f"{key}.pdb")
+    _check_no_solvent_residues(f"{key}.pdb", system["pdb"], records)
+    n_atoms = len(records)
     for cv, atoms in system["cvs"].items():
         if len(set(atoms)) != 4:
             raise ConfigError(f"{key}.cvs.{cv}: atom indices must be distinct, got {atoms}")
@@ -231,36 +243,63 @@ def _check_molecule(name: str, system: dict) -> None:
                               f"{system['pdb']} has {n_atoms} atoms (indices 0-{n_atoms - 1})")
     half_turn = HALF_TURN[system["cv_units"]]
     cvs = tuple(system["cvs"])
-    boxes = {}
-    for state, box in system["states"].items():
-        for cv in box:
-            if cv not in cvs:
-                raise ConfigError(f"{key}.states.{state}.{cv}: not a CV; expected one of {', '.join(cvs)}")
-        boxes[state] = state_box(f"{key}.states.{state}", box, cvs)
-        for cv, (lo, hi) in boxes[state].items():
-            if (math.isfinite(lo) and lo < -half_turn) or (math.isfinite(hi) and hi > half_turn):
-                raise ConfigError(f"{key}.states.{state}.{cv}: interval {[lo, hi]} lies outside "
-                                  f"[{-half_turn:g}, {half_turn:g}] ({system['cv_units']})")
-    _check_disjoint(f"{key}.states", boxes)
+    states = {}
+    for state, spec in system["states"].items():
+        state_key = f"{key}.states.{state}"
+        for box_key, box in box_keys(state_key, spec):
+            for cv, (lo, hi) in box.items():
+                if cv not in cvs:
+                    raise ConfigError(f"{box_key}.{cv}: not a CV; expected one of {', '.join(cvs)}")
+                # -inf and inf stand for an unbounded side; any other value must lie on the turn.
+                if not (-half_turn <= lo <= half_turn or lo == -math.inf) or \
+                        not (-half_turn <= hi <= half_turn or hi == math.inf):
+                    raise ConfigError(f"{box_key}.{cv}: interval {[lo, hi]} lies outside "
+                                      f"[{-half_turn:g}, {half_turn:g}] ({system['cv_units']})")
+        # Every CV is a dihedral: lo > hi wraps around the half turn.
+        states[state] = _state_boxes(state_key, spec, cvs, {cv: half_turn for cv in cvs})
+    _check_disjoint(f"{key}.states", states)
 
 
-def count_pdb_atoms(path: str, key: str) -> int:
-    """Number of ATOM/HETATM records of the first model, or ConfigError naming the key and file."""
+def pdb_atom_records(path: str, key: str) -> list[str]:
+    """The ATOM/HETATM records of the first model, or ConfigError naming the key and file."""
     try:
         with open(path) as handle:
             lines = handle.readlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{key}: cannot read {path!r} ({error.__class__.__name__}: "
                           f"{getattr(error, 'strerror', None) or error})") from None
-    n_atoms = 0
+    records = []
     for line in lines:
         if line.startswith("ENDMDL"):
             break
         if line.startswith(("ATOM  ", "HETATM")):
-            n_atoms += 1
-    if n_atoms == 0:
+            records.append(line)
+    if not records:
         raise ConfigError(f"{key}: {path!r} has no ATOM or HETATM records; expected a PDB file")
-    return n_atoms
+    return records
+
+
+def _check_no_water_model(key: str, forcefield: list[str]) -> None:
+    """A force-field file of a water model means explicit solvent (see :data:`WATER_MODELS`)."""
+    for index, path in enumerate(forcefield):
+        words = re.split(r"[^a-z0-9]+", path.lower())
+        if any(word.startswith(WATER_MODELS) for word in words):
+            raise ConfigError(f"{key}.{index}: {path!r} is a water model; {EXPLICIT_SOLVENT}")
+
+
+def _check_no_solvent_residues(key: str, path: str, records: list[str]) -> None:
+    """Water or ions in the PDB mean explicit solvent (see :data:`SOLVENT_RESIDUES`)."""
+    solvent = []
+    for line in records:
+        # Residue name in columns 18-21 (four-letter names such as TIP3 spill into column 21), number 23-26.
+        residue = (line[17:21].strip(), line[22:26].strip(), line[21])
+        if residue[0].upper() in SOLVENT_RESIDUES and residue not in solvent:
+            solvent.append(residue)
+    if solvent:
+        name, number, _ = solvent[0]
+        more = f" and {len(solvent) - 1} more" if len(solvent) > 1 else ""
+        raise ConfigError(f"{key}: {path!r} holds water or ions (residue {name} {number}{more}); remove them: "
+                          f"{EXPLICIT_SOLVENT}")
 
 
 #: The checks a schema cannot express, per system kind (``type``).

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from boltzflow.cvs import StateBox
+from boltzflow.cvs import State
 
 # Reduced potential used for "outside this state" in MBAR's perturbed free energies: large enough that
 # exp(-u) underflows to exactly 0, finite so that pymbar's uncertainty algebra stays free of inf - inf.
@@ -60,7 +60,7 @@ def _perturbed_free_energies(mbar, u_reference, u_target, masks: list[np.ndarray
     return free, error
 
 
-def mbar_state_delta_f(mbar, u_target, cvs: dict[str, np.ndarray], states: tuple[StateBox, ...]):
+def mbar_state_delta_f(mbar, u_target, cvs: dict[str, np.ndarray], states: tuple[State, ...]):
     """ΔF of each state relative to the first, in kT, with MBAR's standard errors."""
     masks = [state.contains(cvs) for state in states]
     if not masks[0].any():
@@ -145,7 +145,7 @@ def log_partition_function(log_w: np.ndarray) -> float:
     return float(logsumexp(log_w) - np.log(len(log_w)))
 
 
-def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[StateBox, ...]):
+def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[State, ...]):
     """ΔF_s = -ln(P_s / P_ref) from weighted samples, in kT; +inf for a state with no weight.
 
     All NaN when the reference state has no weight: no difference to it can be estimated.
@@ -155,6 +155,16 @@ def state_delta_f(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[S
         return np.full(len(states), np.nan)
     with np.errstate(invalid="ignore"):
         return log_p[0] - log_p
+
+
+def probability_in_no_state(log_w: np.ndarray, cvs: dict[str, np.ndarray], states: tuple[State, ...]) -> float:
+    """The normalized weight of the samples that lie in none of the states (0 with no finite weight)."""
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    if not np.isfinite(log_w).any():
+        return 0.0
+    in_a_state = np.any([state.contains(cvs) for state in states], axis=0)
+    with np.errstate(divide="ignore"):  # every sample in a state: ln 0
+        return float(np.exp(logsumexp(np.where(in_a_state, -np.inf, log_w)) - logsumexp(log_w)))
 
 
 def weighted_profile(values: np.ndarray, log_w: np.ndarray, edges: np.ndarray) -> np.ndarray:

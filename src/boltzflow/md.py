@@ -97,7 +97,7 @@ def check_walkers(system: Toy2DSystem, temperature_k: float, xy_nm: np.ndarray, 
 def _state_hull(system: Toy2DSystem) -> dict[str, tuple[float, float]]:
     hull = {}
     for cv in system.cvs:
-        limits = [v for state in system.states for v in state.intervals[cv] if np.isfinite(v)]
+        limits = [v for state in system.states for box in state.boxes for v in box[cv] if np.isfinite(v)]
         hull[cv] = (min(limits), max(limits)) if len(limits) >= 2 and min(limits) < max(limits) else (-1.0, 1.0)
     return hull
 

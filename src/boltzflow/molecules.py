@@ -176,6 +176,35 @@ def validate_dihedrals(dihedrals: dict[str, list[int]], n_atoms: int) -> None:
             raise MoleculeError(f"{key}: atom indices must be distinct, got {list(indices)}")
 
 
+def atom_label(topology: app.Topology, index: int) -> str:
+    """An atom as a chemist names it: residue name and PDB residue number, atom name ('ALA2 CA')."""
+    atom = list(topology.atoms())[index]
+    return f"{atom.residue.name}{atom.residue.id} {atom.name}"
+
+
+def dihedral_label(topology: app.Topology, atoms) -> str:
+    """The four atoms of a dihedral by name: 'ACE1 C – ALA2 N – ALA2 CA – ALA2 C'."""
+    return " – ".join(atom_label(topology, index) for index in atoms)
+
+
+def check_dihedral_chains(molecule: Molecule, dihedrals: dict[str, tuple[int, ...]]) -> None:
+    """Each CV ``name: [a, b, c, d]`` (valid indices) must be a bonded chain: bonds a-b, b-c and c-d.
+
+    Any four atoms have a dihedral angle, so a wrong index runs without complaint: the common slip,
+    1-based PDB serial numbers for 0-based indices, turns alanine dipeptide's φ [4, 6, 8, 10] into
+    [5, 7, 9, 11] (O, H, HA, O), and every state and free energy would be about that angle.
+    """
+    bonded = {frozenset(bond) for bond in molecule.bonds}
+    topology = molecule.topology
+    for name, atoms in dihedrals.items():
+        for a, b in zip(atoms, atoms[1:]):
+            if frozenset((a, b)) not in bonded:
+                raise MoleculeError(
+                    f"molecule.cvs.{name}: atoms {a} ({atom_label(topology, a)}) and {b} ({atom_label(topology, b)}) "
+                    f"are not bonded, so {list(atoms)} ({dihedral_label(topology, atoms)}) is not a bonded chain "
+                    "a-b-c-d; atom indices are 0-based (a PDB file's serial numbers usually start at 1)")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Platforms
 

@@ -13,14 +13,13 @@ Reduced energies are u = E / kT (dimensionless), with kT in kJ/mol at the temper
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from boltzflow.cvs import StateBox, dihedral_angles, state_box
+from boltzflow.cvs import HALF_TURN, State, dihedral_angles, state_boxes
 from boltzflow.expression import Expression, parse_expression
 from boltzflow.units import kt_kj_mol
 
@@ -45,7 +44,7 @@ class Target(Protocol):
 
     name: str
     temperatures_k: tuple[float, ...]
-    states: tuple[StateBox, ...]
+    states: tuple[State, ...]
 
     @property
     def cvs(self) -> tuple[str, ...]: ...
@@ -98,7 +97,7 @@ class Toy2DSystem:
     name: str
     energy_expression: str
     temperatures_k: tuple[float, ...]
-    states: tuple[StateBox, ...]
+    states: tuple[State, ...]
     bounds: dict[str, tuple[float, float]] | None = None
     cvs: tuple[str, ...] = ("x", "y")
     expression: Expression = field(init=False, repr=False, compare=False)
@@ -189,8 +188,9 @@ def toy_system_from_config(name: str, system_config: dict) -> Toy2DSystem:
     Stages receive only the keys they depend on (so that Snakemake reruns exactly what a change
     affects): ``states`` and ``bounds`` may be absent.
     """
-    states = [StateBox(state, state_box(f"states.{state}", box, ("x", "y")))
-              for state, box in system_config.get("states", {}).items()]
+    # x and y are not periodic: an interval with lo > hi is an error, not a wrap-around.
+    states = [State(state, state_boxes(f"states.{state}", spec, ("x", "y")))
+              for state, spec in system_config.get("states", {}).items()]
     bounds = system_config.get("bounds")
     return Toy2DSystem(
         name=name,
@@ -218,7 +218,7 @@ class MoleculeSystem:
     temperatures_k: tuple[float, ...]
     cv_atoms: dict[str, tuple[int, int, int, int]]
     cv_units: str
-    states: tuple[StateBox, ...]
+    states: tuple[State, ...]
 
     md_method = "replica_exchange"
     exact_quadrature = False
@@ -239,7 +239,7 @@ class MoleculeSystem:
 
     @property
     def bounds(self) -> dict[str, tuple[float, float]]:
-        half_turn = 180.0 if self.cv_units == "degrees" else math.pi
+        half_turn = HALF_TURN[self.cv_units]
         return {cv: (-half_turn, half_turn) for cv in self.cvs}
 
     def cv_values(self, positions_nm: np.ndarray) -> dict[str, np.ndarray]:
@@ -294,14 +294,20 @@ class MoleculeSystem:
         return ReplicaExchangeSettings(**block)
 
     def check_backend(self) -> None:
-        """Parametrize the molecule once: a residue the force field cannot match raises MoleculeError."""
-        self.load_molecule()
+        """Parametrize the molecule once and check its CVs against its bonds: a residue the force field cannot
+        match, or a CV whose atoms are not a bonded chain, raises MoleculeError."""
+        from boltzflow.molecules import check_dihedral_chains
+
+        check_dihedral_chains(self.load_molecule(), self.cv_atoms)
 
 
 def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
     cvs = tuple(system_config.get("cvs", {}))
-    states = [StateBox(state, state_box(f"states.{state}", box, cvs))
-              for state, box in system_config.get("states", {}).items()]
+    cv_units = system_config.get("cv_units", "degrees")
+    # Every CV is a dihedral: an interval with lo > hi wraps around ±180° (±π).
+    half_turns = {cv: HALF_TURN[cv_units] for cv in cvs}
+    states = [State(state, state_boxes(f"states.{state}", spec, cvs, half_turns))
+              for state, spec in system_config.get("states", {}).items()]
     return MoleculeSystem(
         name=name,
         pdb_path=system_config["pdb"],
@@ -309,7 +315,7 @@ def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSyste
         constraints=system_config["constraints"],
         temperatures_k=tuple(float(t) for t in system_config["temperatures"]),
         cv_atoms={cv: tuple(int(i) for i in atoms) for cv, atoms in system_config.get("cvs", {}).items()},
-        cv_units=system_config.get("cv_units", "degrees"),
+        cv_units=cv_units,
         states=tuple(states),
     )
 

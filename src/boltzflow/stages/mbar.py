@@ -11,6 +11,11 @@ from boltzflow.physics_errors import PhysicsError
 from boltzflow.stages.datasets import grid_coords, surface_effective_name, surface_name, variable
 from boltzflow.units import kt_kj_mol
 
+#: Above this share of the target ensemble in no state (MBAR), the log warns. Between metastable basins
+#: lie only the barrier regions, which hold a few percent at most; more than that means the states miss a
+#: basin (or the far side of a dihedral's ±180°), and ΔF between the states listed hides it.
+NO_STATE_WARNING_FRACTION = 0.05
+
 
 def grid_edges(system, positions: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     """Histogram edges per CV: the configured bounds, else the sampled range of the target-temperature MD."""
@@ -111,6 +116,9 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
         coords=grid_coords(system, edges),
     )
     log_w_target = np.log(mbar.weights()[:, 0])
+    observables["fraction_in_no_state"] = variable((), _fraction_in_no_state(system, log_w_target, cvs, log), "1",
+                                                   f"MBAR probability at {system.target_temperature_k:g} K of "
+                                                   "lying in none of the states")
     counted = "Kish effective samples of the MBAR weights in the {}, over the statistical inefficiency"
     observables["n_eff_state"] = variable("state", [
         estimators.effective_samples(np.where(state.contains(cvs), log_w_target, -np.inf)) / g
@@ -133,3 +141,12 @@ def mbar_stage(system, md: list[xr.Dataset], bins: int, log=print, names: list[s
     observables.attrs["n_samples"] = int(n_k.sum())
     observables.attrs["statistical_inefficiency_frames"] = g
     return ladder, observables
+
+
+def _fraction_in_no_state(system, log_w_target: np.ndarray, cvs: dict[str, np.ndarray], log) -> float:
+    """The MBAR probability at the target of lying in no state, with a warning in the log above the threshold."""
+    fraction = estimators.probability_in_no_state(log_w_target, cvs, system.states)
+    if fraction > NO_STATE_WARNING_FRACTION:
+        log(f"WARNING: {100 * fraction:.0f} % of the {system.target_temperature_k:g} K ensemble (MBAR) lies in no "
+            f"state of {system.name}; ΔF only compares the states listed")
+    return fraction

@@ -52,10 +52,14 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
     ``settings`` is the ``md`` block's ``ReplicaExchangeSettings``; its platform may be ``auto``, resolved
     here by timing the available ones. The run's seed is :func:`~boltzflow.replica_exchange.run_seed`.
     """
-    from boltzflow.molecules import platform_properties, select_platform
+    from boltzflow.molecules import check_dihedral_chains, dihedral_label, platform_properties, select_platform
     from boltzflow.replica_exchange import run_replica_exchange, run_seed
 
     molecule = system.load_molecule()
+    # The Snakefile checks the CVs only where it can import OpenMM (not under --use-conda).
+    check_dihedral_chains(molecule, system.cv_atoms)
+    for cv, atoms in system.cv_atoms.items():
+        log(f"{cv} = {dihedral_label(molecule.topology, atoms)}")
     platform = select_platform(settings.platform, molecule, log=log, cpu_threads=threads)
     settings = dataclasses.replace(settings, platform=platform, seed=run_seed(settings.seed, run),
                                    platform_properties=platform_properties(platform, threads))

@@ -35,13 +35,17 @@ def _overlap(centres: np.ndarray, h: float, lo: float, hi: float) -> np.ndarray:
 
 
 def _state_log_mass(system, points: np.ndarray, h: dict[str, float], log_mass: np.ndarray) -> np.ndarray:
-    """ln P of each state box, with each cell counted by the fraction of it inside the box."""
+    """ln P of each state, with each cell counted by the fraction of it inside the state's boxes."""
     cvs = system.cv_values(points)
     result = []
     for state in system.states:
-        fraction = np.ones(len(points))
-        for cv, (lo, hi) in state.intervals.items():
-            fraction *= _overlap(cvs[cv], h[cv], lo, hi)
+        # The boxes of a state are disjoint (boltzflow.cvs.state_boxes checks it), so their fractions add up.
+        fraction = np.zeros(len(points))
+        for box in state.boxes:
+            box_fraction = np.ones(len(points))
+            for cv, (lo, hi) in box.items():
+                box_fraction *= _overlap(cvs[cv], h[cv], lo, hi)
+            fraction += box_fraction
         with np.errstate(divide="ignore"):
             result.append(logsumexp(log_mass + np.log(fraction)))
     return np.array(result)
