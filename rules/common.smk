@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
 from boltzflow.estimator_table import BY_NAME, ESTIMATORS, QUADRATURE
 from boltzflow.settings import LIKELIHOOD_PROBES
-from boltzflow.systems import config_keys, system_from_config
+from boltzflow.systems import MD_SOURCE_KEYS, config_keys, system_from_config
 
 
 try:
@@ -56,6 +56,7 @@ def enabled_estimators(system_name):
 
 LANGEVIN_SYSTEMS = systems_with_md("langevin")
 REPLICA_EXCHANGE_SYSTEMS = systems_with_md("replica_exchange")
+TRAJECTORY_SYSTEMS = systems_with_md("trajectories")
 
 
 wildcard_constraints:
@@ -78,7 +79,8 @@ def target_md_file(wildcards):
 
 
 #: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
-MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exchange", "replica_state_{label}K"]}
+MD_BENCHMARKS = {"langevin": ["md_{label}K"], "replica_exchange": ["replica_exchange", "replica_state_{label}K"],
+                 "trajectories": ["import_md_{label}K"]}
 
 
 def md_benchmarks(wildcards):
@@ -102,6 +104,11 @@ def _md_benchmarks(system, temperatures):
 
 def molecule_pdb(wildcards):
     return config["systems"][wildcards.system]["pdb"]
+
+
+def md_trajectory_files(wildcards):
+    """The trajectory files a user gave for one temperature (config.py keys them by temperature label)."""
+    return config["systems"][wildcards.system]["md"]["files"][wildcards.temperature]
 
 
 def estimate_files(wildcards):
@@ -201,8 +208,18 @@ def md_params(wildcards):
 
 
 def replica_exchange_params(wildcards):
+    """The replica exchange settings; without the keys that choose the MD's source, which it does not use."""
     system = _system(wildcards)
-    return {**_target(system, system["temperatures"]), "md": system["md"]}
+    md = {key: value for key, value in system["md"].items() if key not in MD_SOURCE_KEYS}
+    return {**_target(system, system["temperatures"]), "md": md}
+
+
+def import_md_params(wildcards):
+    """One temperature's files (a changed list reruns that temperature only), the target and the CVs."""
+    system = _system(wildcards)
+    params = {**_target(system, [float(wildcards.temperature)]), **_cvs(system)}
+    params["files"] = md_trajectory_files(wildcards)
+    return params
 
 
 def replica_split_params(wildcards):

@@ -7,6 +7,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 import pytest
+import yaml
 
 from boltzflow.physics_errors import InputFileError
 from boltzflow.stages.flow import validation_split
@@ -14,7 +15,7 @@ from boltzflow.stages.mbar import mbar_stage
 from boltzflow.stages.md import trajectory_state_stage
 from boltzflow.systems import system_from_config
 from boltzflow.trajectory_files import read_trajectory, runs_statistical_inefficiency
-from workflow_helpers import ROOT
+from workflow_helpers import ROOT, copy_workflow, snakemake
 
 PDB = ROOT / "data/alanine_dipeptide.pdb"
 FORCEFIELD = ["amber99sbildn.xml", "amber99_obc.xml"]
@@ -175,3 +176,18 @@ def test_a_run_stuck_in_one_state_counts_as_correlated():
     assert runs_statistical_inefficiency(switching) < 1.5
     assert runs_statistical_inefficiency([*switching, np.ones(1000)]) > 10
     assert runs_statistical_inefficiency([np.ones(50), np.ones(80)]) == 1.0
+
+
+def test_the_trajectory_source_replaces_replica_exchange_per_temperature(runs, tmp_path):
+    workdir = copy_workflow(tmp_path / "run")
+    files = {300: [runs["a"][0], runs["b"][0]], 348: [runs["hot"][0]]}
+    change = {"run": ["alanine_dipeptide"],
+              "systems": {"alanine_dipeptide": {"temperatures": [300, 348], "md": {"source": "trajectories", "files": files}}}}
+    (workdir / "change.yaml").write_text(yaml.safe_dump(change))
+    result = snakemake(workdir, "-n", "--cores", "1", "results/alanine_dipeptide/analysis/mbar.nc",
+                       "--configfile", "config/test.yaml", "change.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "import_md" in result.stdout and "replica_exchange" not in result.stdout
+    table = result.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    assert [line.split() for line in table.splitlines() if line.startswith(("import_md", "mbar"))] == [
+        ["import_md", "2"], ["mbar", "1"]]
