@@ -57,6 +57,8 @@ def enabled_estimators(system_name):
 LANGEVIN_SYSTEMS = systems_with_md("langevin")
 REPLICA_EXCHANGE_SYSTEMS = systems_with_md("replica_exchange")
 TRAJECTORY_SYSTEMS = systems_with_md("trajectories")
+#: Systems whose samples are atoms of a topology: their model samples are also written as trajectories.
+ATOMISTIC_SYSTEMS = "|".join(name for name, system in SYSTEMS.items() if system.atomistic) or "(?!)"
 
 
 wildcard_constraints:
@@ -170,11 +172,20 @@ def figures_of(system_name):
     return figures
 
 
+def sample_trajectory_files(system_name):
+    """A molecule's model samples as AMBER trajectories: every sample and the weight-resampled ensemble."""
+    if not SYSTEMS[system_name].atomistic:
+        return []
+    return [f"results/{system_name}/samples/{name}_{kind}.nc"
+            for name in enabled_estimators(system_name) for kind in ("trajectory", "resampled")]
+
+
 def all_outputs():
     outputs = []
     for system in RUN:
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv", f"results/{system}/summary.html"]
         outputs += [f"results/{system}/figures/{name}.png" for name in figures_of(system)]
+        outputs += sample_trajectory_files(system)
     return outputs
 
 
@@ -287,6 +298,12 @@ def smc_params(wildcards):
 
 def mcmc_params(wildcards):
     return _system(wildcards)["mcmc"]
+
+
+def sample_trajectory_params(wildcards):
+    """The molecule (its topology) and the resampling settings; the samples file carries the weights."""
+    system = _system(wildcards)
+    return {"system": _target(system, system["temperatures"][:1]), "trajectories": system["sample_trajectories"]}
 
 
 def reweight_params(wildcards):

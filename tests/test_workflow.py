@@ -299,8 +299,11 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"systems": {"double_well": {"smc": {"moves_per_level": 3}}}},
      {**dict.fromkeys(SUMMARY_FIGURES, 1), "smc": 2, "reweight": 2}),
     ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_MD | {"md", "quadrature"}),
+    # A molecule's model samples are also its AMBER trajectories (sample_trajectories).
     ({"systems": {"alanine_dipeptide": {"md": {"exchanges": 250}}}},
-     DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state"}),
+     DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state", "sample_trajectories"}),
+    ({"systems": {"alanine_dipeptide": {"sample_trajectories": {"resampled_frames": 500}}}},
+     {"sample_trajectories": 7, "all": 1}),
     ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}}, SUMMARY_FIGURES | {"reweight"}),
     # A reliability threshold reruns the verdicts, not the exact answer; the KL/JS sample count also the quadrature.
     ({"systems": {"double_well": {"analysis": {"max_pareto_k": 0.5}}}}, SUMMARY_FIGURES | {"reweight"}),
@@ -309,7 +312,8 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
     ({"figures": {"min_bin_effective_samples": 20}},
      {"figure_free_energy_surfaces", "figure_free_energy_profiles", "all"}),
-], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "trim-fraction",
+], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "resampled-frames",
+        "trim-fraction",
         "reliability-threshold", "divergence-samples",
         "figure-style", "figure-max-kt", "figure-min-bin-effective-samples"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):
