@@ -133,7 +133,7 @@ def test_output_contract(run, config, system):
     assert surface["n_eff_" + "".join(cvs)].dims == ("estimator", *cvs)
 
     for path in results.rglob("*.nc"):
-        if path.parent.name == "trajectories":
+        if path.parent.name == "trajectories" or path.stem.endswith(("_trajectory", "_resampled")):
             continue  # AMBER NetCDF convention (read by mdtraj in its own test), not the boltzflow contract
         dataset = xr.open_dataset(path)
         assert dataset.attrs["boltzflow_version"] and dataset.attrs["config"].startswith("{"), path
@@ -250,6 +250,15 @@ def test_alanine_dipeptide_trajectories_load_in_mdtraj_with_the_right_dihedrals(
         stored = samples["cv_values"].values
         difference = (dihedrals - stored + 180) % 360 - 180  # the same angle on the circle
         assert np.abs(difference).max() < 0.05
+    # The model samples as trajectories: every sample, and the ensemble drawn by importance weight.
+    samples = xr.open_dataset(results / "samples/flow.nc")
+    top = str(ROOT / "data/alanine_dipeptide.pdb")
+    every = mdtraj.load(str(results / "samples/flow_trajectory.nc"), top=top)
+    index = every.time.astype(int)
+    np.testing.assert_allclose(every.xyz, samples["positions"].values[index], atol=1e-4)
+    resampled = mdtraj.load(str(results / "samples/flow_resampled.nc"), top=top)
+    assert resampled.n_atoms == 22 and resampled.n_frames == 10000
+    assert np.isfinite(samples["log_w"].values[resampled.time.astype(int)]).all()
 
 
 def test_a_target_runs_just_its_system(tmp_path):
