@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from boltzflow.config import ConfigError, load_schema, temperature_label, validate_config
 from boltzflow.estimator_table import BY_NAME, ESTIMATORS, QUADRATURE
 from boltzflow.settings import LIKELIHOOD_PROBES
-from boltzflow.systems import config_keys, system_from_config
+from boltzflow.systems import MD_SOURCE_KEYS, config_keys, system_from_config
 
 
 try:
@@ -57,6 +57,9 @@ def enabled_estimators(system_name):
 
 LANGEVIN_SYSTEMS = systems_with_md("langevin")
 REPLICA_EXCHANGE_SYSTEMS = systems_with_md("replica_exchange")
+TRAJECTORY_SYSTEMS = systems_with_md("trajectories")
+#: Systems whose samples are atoms of a topology: their model samples are also written as trajectories.
+ATOMISTIC_SYSTEMS = "|".join(name for name, system in SYSTEMS.items() if system.atomistic) or "(?!)"
 
 
 wildcard_constraints:
@@ -80,7 +83,8 @@ def target_md_file(wildcards):
 
 #: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
 MD_BENCHMARKS = {"langevin": ["md_{label}K"],
-                 "replica_exchange": ["replica_exchange_run{run}", "replica_state_{label}K"]}
+                 "replica_exchange": ["replica_exchange_run{run}", "replica_state_{label}K"],
+                 "trajectories": ["import_md_{label}K"]}
 
 
 def md_benchmarks(wildcards):
@@ -107,6 +111,11 @@ def _md_benchmarks(system, temperatures):
 
 def molecule_pdb(wildcards):
     return config["systems"][wildcards.system]["pdb"]
+
+
+def md_trajectory_files(wildcards):
+    """The trajectory files a user gave for one temperature (config.py keys them by temperature label)."""
+    return config["systems"][wildcards.system]["md"]["files"][wildcards.temperature]
 
 
 def estimate_files(wildcards):
@@ -168,11 +177,20 @@ def figures_of(system_name):
     return figures
 
 
+def sample_trajectory_files(system_name):
+    """A molecule's model samples as AMBER trajectories: every sample and the weight-resampled ensemble."""
+    if not SYSTEMS[system_name].atomistic:
+        return []
+    return [f"results/{system_name}/samples/{name}_{kind}.nc"
+            for name in enabled_estimators(system_name) for kind in ("trajectory", "resampled")]
+
+
 def all_outputs():
     outputs = []
     for system in RUN:
         outputs += [f"results/{system}/summary.nc", f"results/{system}/summary.csv", f"results/{system}/summary.html"]
         outputs += [f"results/{system}/figures/{name}.png" for name in figures_of(system)]
+        outputs += sample_trajectory_files(system)
     return outputs
 
 
@@ -216,10 +234,19 @@ def replica_exchange_runs(wildcards):
 
 
 def replica_exchange_params(wildcards):
-    """One run's inputs: the md block without the number of runs, so that adding runs reruns none."""
+    """One run's settings: the md block without the number of runs (so that adding runs reruns none of
+    them) and the keys that choose the MD's source, which a run does not use."""
     system = _system(wildcards)
-    md = {key: value for key, value in system["md"].items() if key != "runs"}
+    md = {key: value for key, value in system["md"].items() if key not in MD_SOURCE_KEYS + ("runs",)}
     return {**_target(system, system["temperatures"]), "md": md}
+
+
+def import_md_params(wildcards):
+    """One temperature's files (a changed list reruns that temperature only), the target and the CVs."""
+    system = _system(wildcards)
+    params = {**_target(system, [float(wildcards.temperature)]), **_cvs(system)}
+    params["files"] = md_trajectory_files(wildcards)
+    return params
 
 
 def replica_split_params(wildcards):
@@ -287,6 +314,12 @@ def smc_params(wildcards):
 
 def mcmc_params(wildcards):
     return _system(wildcards)["mcmc"]
+
+
+def sample_trajectory_params(wildcards):
+    """The molecule (its topology) and the resampling settings; the samples file carries the weights."""
+    system = _system(wildcards)
+    return {"system": _target(system, system["temperatures"][:1]), "trajectories": system["sample_trajectories"]}
 
 
 def reweight_params(wildcards):

@@ -77,3 +77,31 @@ rule replica_state:
         runtime=20,
     script:
         "../workflow/scripts/replica_state.py"
+
+
+# ---------------------------------------------------------------- MD: trajectory files a user already has
+
+
+rule import_md:
+    """One temperature of MD a user already has: its trajectory files, energies recomputed, as MD samples."""
+    wildcard_constraints:
+        system=TRAJECTORY_SYSTEMS,
+    input:
+        trajectories=md_trajectory_files,
+        pdb=molecule_pdb,
+    output:
+        samples="results/{system}/md/{temperature}K.nc",
+    params:
+        system=import_md_params,
+    log:
+        "results/{system}/logs/import_md_{temperature}K.log",
+    benchmark:
+        "results/{system}/benchmarks/import_md_{temperature}K.tsv"
+    conda:
+        "../envs/md.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow/scripts/import_md.py"

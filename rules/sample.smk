@@ -104,3 +104,32 @@ rule flow_mcmc:
         runtime=10,
     script:
         "../workflow/scripts/flow_mcmc.py"
+
+
+# ---------------------------------------------------------------- a molecule's samples as AMBER trajectories
+
+
+rule sample_trajectories:
+    """A molecule's model samples as AMBER trajectories: every sample, and a weight-resampled ensemble."""
+    wildcard_constraints:
+        system=ATOMISTIC_SYSTEMS,
+    input:
+        samples="results/{system}/samples/{estimator}.nc",
+        pdb=molecule_pdb,
+    output:
+        trajectory="results/{system}/samples/{estimator}_trajectory.nc",
+        resampled="results/{system}/samples/{estimator}_resampled.nc",
+    params:
+        settings=sample_trajectory_params,
+    log:
+        "results/{system}/logs/sample_trajectories_{estimator}.log",
+    benchmark:
+        "results/{system}/benchmarks/sample_trajectories_{estimator}.tsv"
+    conda:
+        "../envs/md.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../workflow/scripts/sample_trajectories.py"

@@ -156,6 +156,59 @@ def test_water_or_ions_in_the_pdb_are_refused_as_explicit_solvent(tmp_path, resi
     assert "\n" not in message
 
 
+# A PDB file is a trajectory format boltzflow reads (one model: one frame); it stands in for any file that exists.
+TRAJECTORY = str(ROOT / "data/alanine_dipeptide.pdb")
+LADDER = DEFAULT["systems"]["alanine_dipeptide"]["temperatures"]
+
+
+def _with_md_files(files, source="trajectories"):
+    config = copy.deepcopy(DEFAULT)
+    md = config["systems"]["alanine_dipeptide"].setdefault("md", {})
+    md["source"] = source
+    if files is not None:
+        md["files"] = files
+    return config
+
+
+EVERY_TEMPERATURE = {t: [TRAJECTORY] for t in LADDER}
+BAD_FILES = [
+    ({**EVERY_TEMPERATURE, 351: [TRAJECTORY]}, "trajectories",
+     "systems.alanine_dipeptide.md.files.351: not a temperature of the ladder; expected one of 300, 350, 408"),
+    ({**EVERY_TEMPERATURE, "300K": [TRAJECTORY]}, "trajectories", "md.files.300K: not a temperature of the ladder"),
+    ({t: [TRAJECTORY] for t in LADDER if t != 350}, "trajectories",
+     "systems.alanine_dipeptide.md.files: no files for 350 K; every temperature of the ladder needs"),
+    ({**EVERY_TEMPERATURE, 300: ["no/such.dcd"]}, "trajectories",
+     "systems.alanine_dipeptide.md.files.300: 'no/such.dcd' does not exist"),
+    ({**EVERY_TEMPERATURE, 300: [str(ROOT / "README.md")]}, "trajectories", "is not a trajectory format boltzflow reads"),
+    ({**EVERY_TEMPERATURE, 300: []}, "trajectories", "systems.alanine_dipeptide.md.files.300"),
+    ({**EVERY_TEMPERATURE, 300.0: [TRAJECTORY], "300": [TRAJECTORY]}, "trajectories", "300 K is given twice"),
+    (None, "trajectories", "systems.alanine_dipeptide.md.files: required with md.source: trajectories"),
+    (EVERY_TEMPERATURE, "simulation", "systems.alanine_dipeptide.md.files: given with md.source: simulation"),
+    (EVERY_TEMPERATURE, "replay", "systems.alanine_dipeptide.md.source"),
+]
+
+
+@pytest.mark.parametrize("files, source, expected", BAD_FILES, ids=[e.split(": ", 1)[-1][:40] for *_, e in BAD_FILES])
+def test_bad_md_files_are_one_clear_line(files, source, expected):
+    with pytest.raises(ConfigError) as error:
+        validate_config(_with_md_files(files, source), SCHEMA)
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_md_files_are_keyed_by_temperature_label_and_choose_the_trajectory_route():
+    from boltzflow.systems import system_from_config
+
+    files = {str(t) if i % 2 else float(t): [TRAJECTORY] for i, t in enumerate(LADDER)}
+    config = validate_config(_with_md_files(files), SCHEMA)
+    block = config["systems"]["alanine_dipeptide"]
+    assert list(block["md"]["files"]) == [f"{t:g}" for t in LADDER]
+    assert system_from_config("alanine_dipeptide", block).md_method == "trajectories"
+    default = validate_config(copy.deepcopy(DEFAULT), SCHEMA)["systems"]["alanine_dipeptide"]
+    assert default["md"]["source"] == "simulation"
+    assert system_from_config("alanine_dipeptide", default).md_method == "replica_exchange"
+
+
 def test_defaults_are_filled_for_every_system():
     config = validate_config(copy.deepcopy(DEFAULT), SCHEMA)
     double_well = config["systems"]["double_well"]

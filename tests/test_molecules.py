@@ -203,7 +203,9 @@ def _renamed_alanine_pdb(tmp_path):
     (lambda tmp: load_molecule(_write(tmp / "notes.pdb", "just some notes\nno atoms here\n")),
      "molecule.pdb: cannot read '.*notes.pdb' as a PDB file"),
     (lambda tmp: load_molecule(_renamed_alanine_pdb(tmp)),
-     r"molecule.pdb: residue 2 \(XYZ\) of '.*xyz.pdb' matches no template in amber99sbildn.xml, amber99_obc.xml"),
+     r"molecule.pdb: residue 2 \(XYZ\) of '.*xyz.pdb' matches no template in amber99sbildn.xml, amber99_obc.xml"
+     r".*; boltzflow knows only the residues the force-field files have templates for: for a ligand, build an "
+     r"OpenMM XML for it elsewhere \(openmmforcefields, GAFF or SMIRNOFF\) and add it to the forcefield list$"),
     (lambda tmp: load_molecule(ALANINE_DIPEPTIDE_PDB, forcefield_files=("amber99sbildn.xml", "foo.xml")),
      "molecule.forcefield: 'foo.xml' is not a force-field file OpenMM knows"),
     (lambda tmp: load_molecule(ALANINE_DIPEPTIDE_PDB, constraints="some"), "molecule.constraints: "),

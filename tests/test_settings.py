@@ -14,13 +14,16 @@ from boltzflow.config import load_schema
 from boltzflow.flows import MixedSplineCouplingFlow, SplineCouplingFlow
 from boltzflow.scores import ConservativeScore, UnconstrainedScore
 from boltzflow.settings import SYSTEM_BLOCKS, from_block
-from boltzflow.systems import system_from_config
+from boltzflow.systems import MD_SOURCE_KEYS, system_from_config
 from workflow_helpers import ROOT
 
 SCHEMA = load_schema(ROOT / "config/schema.yaml")
+MOLECULE_MD = SCHEMA["$defs"]["molecule"]["properties"]["md"]
 BLOCKS = {**{name: SCHEMA["$defs"][name] for name in SYSTEM_BLOCKS},
           "toy2d.md": SCHEMA["$defs"]["toy2d"]["properties"]["md"],
-          "molecule.md": SCHEMA["$defs"]["molecule"]["properties"]["md"]}
+          # Without the keys that choose the MD's source (trajectory files have no extremes; config.py checks them).
+          "molecule.md": {**MOLECULE_MD, "properties": {key: spec for key, spec in MOLECULE_MD["properties"].items()
+                                                        if key not in MD_SOURCE_KEYS}}}
 
 
 def extreme(spec: dict, side: str):

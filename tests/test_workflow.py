@@ -133,7 +133,7 @@ def test_output_contract(run, config, system):
     assert surface["n_eff_" + "".join(cvs)].dims == ("estimator", *cvs)
 
     for path in results.rglob("*.nc"):
-        if path.parent.name == "trajectories":
+        if path.parent.name == "trajectories" or path.stem.endswith(("_trajectory", "_resampled")):
             continue  # AMBER NetCDF convention (read by mdtraj in its own test), not the boltzflow contract
         dataset = xr.open_dataset(path)
         assert dataset.attrs["boltzflow_version"] and dataset.attrs["config"].startswith("{"), path
@@ -254,6 +254,15 @@ def test_alanine_dipeptide_trajectories_load_in_mdtraj_with_the_right_dihedrals(
         stored = samples["cv_values"].values
         difference = (dihedrals - stored + 180) % 360 - 180  # the same angle on the circle
         assert np.abs(difference).max() < 0.05
+    # The model samples as trajectories: every sample, and the ensemble drawn by importance weight.
+    samples = xr.open_dataset(results / "samples/flow.nc")
+    top = str(ROOT / "data/alanine_dipeptide.pdb")
+    every = mdtraj.load(str(results / "samples/flow_trajectory.nc"), top=top)
+    index = every.time.astype(int)
+    np.testing.assert_allclose(every.xyz, samples["positions"].values[index], atol=1e-4)
+    resampled = mdtraj.load(str(results / "samples/flow_resampled.nc"), top=top)
+    assert resampled.n_atoms == 22 and resampled.n_frames == 10000
+    assert np.isfinite(samples["log_w"].values[resampled.time.astype(int)]).all()
 
 
 def test_a_target_runs_just_its_system(tmp_path):
@@ -303,8 +312,11 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"systems": {"double_well": {"smc": {"moves_per_level": 3}}}},
      {**dict.fromkeys(SUMMARY_FIGURES, 1), "smc": 2, "reweight": 2}),
     ({"systems": {"double_well": {"md": {"steps": 70000}}}}, DOWNSTREAM_OF_MD | {"md", "quadrature"}),
+    # A molecule's model samples are also its AMBER trajectories (sample_trajectories).
     ({"systems": {"alanine_dipeptide": {"md": {"exchanges": 250}}}},
-     DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state"}),
+     DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state", "sample_trajectories"}),
+    ({"systems": {"alanine_dipeptide": {"sample_trajectories": {"resampled_frames": 500}}}},
+     {"sample_trajectories": 7, "all": 1}),
     ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}}, SUMMARY_FIGURES | {"reweight"}),
     # A reliability threshold reruns the verdicts, not the exact answer; the KL/JS sample count also the quadrature.
     ({"systems": {"double_well": {"analysis": {"max_pareto_k": 0.5}}}}, SUMMARY_FIGURES | {"reweight"}),
@@ -313,7 +325,8 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
     ({"figures": {"min_bin_effective_samples": 20}},
      {"figure_free_energy_surfaces", "figure_free_energy_profiles", "all"}),
-], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "trim-fraction",
+], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "resampled-frames",
+        "trim-fraction",
         "reliability-threshold", "divergence-samples",
         "figure-style", "figure-max-kt", "figure-min-bin-effective-samples"])
 def test_a_config_change_reruns_exactly_the_stages_it_affects(run, change, expected):

@@ -7,7 +7,9 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
    overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
-   solvent (a water-model file, or water or ions in its PDB).
+   solvent (a water-model file, or water or ions in its PDB), and its MD trajectory files exist for
+   exactly the temperatures of its ladder. The keys of ``md.files`` are rewritten as the temperature
+   labels of file names (300 -> "300"), which the rules look them up by.
 
 This module imports no heavy dependency (no torch, no OpenMM) because the Snakefile imports it
 in the Snakemake process itself.
@@ -26,6 +28,7 @@ import yaml
 
 from boltzflow.cvs import HALF_TURN, StateError, box_keys, boxes_overlap, state_boxes
 from boltzflow.expression import ExpressionError, parse_expression
+from boltzflow.trajectory_files import TRAJECTORY_FORMATS
 
 TOY_CVS = ("x", "y")
 SYSTEM_KINDS = ("toy2d", "molecule")  # the schema's $defs of each kind
@@ -228,6 +231,7 @@ def _check_molecule(name: str, system: dict) -> None:
     if any(b <= a for a, b in zip(temperatures, temperatures[1:])):
         raise ConfigError(f"{key}.temperatures: replica exchange needs an increasing ladder, got {temperatures}")
     md = system["md"]
+    _check_md_files(f"{key}.md", md, temperatures)
     if md["steps_per_exchange"] % md["report_interval"]:
         raise ConfigError(f"{key}.md.report_interval: {md['report_interval']} must divide "
                           f"steps_per_exchange = {md['steps_per_exchange']}")
@@ -258,6 +262,46 @@ def _check_molecule(name: str, system: dict) -> None:
         # Every CV is a dihedral: lo > hi wraps around the half turn.
         states[state] = _state_boxes(state_key, spec, cvs, {cv: half_turn for cv in cvs})
     _check_disjoint(f"{key}.states", states)
+
+
+def _check_md_files(key: str, md: dict, temperatures: list) -> None:
+    """With ``source: trajectories``, files for exactly the ladder's temperatures, each one there and of a
+    format boltzflow reads; the keys become temperature labels. Whether a file holds the PDB's atoms
+    needs its contents: the job that reads it checks that, first thing."""
+    if md["source"] != "trajectories":
+        if "files" in md:
+            raise ConfigError(f"{key}.files: given with md.source: {md['source']}; set md.source: trajectories "
+                              "to use them, or remove md.files")
+        return
+    if "files" not in md:
+        raise ConfigError(f"{key}.files: required with md.source: trajectories; expected a list of trajectory "
+                          "files per temperature of the ladder")
+    ladder = {temperature_label(t): t for t in temperatures}
+    files = {}
+    for name, paths in md["files"].items():
+        try:
+            label = temperature_label(float(name))
+        except (TypeError, ValueError):
+            label = None
+        if label not in ladder:
+            raise ConfigError(f"{key}.files.{name}: not a temperature of the ladder; expected one of "
+                              f"{', '.join(ladder)} (K)")
+        if label in files:
+            raise ConfigError(f"{key}.files.{name}: {ladder[label]:g} K is given twice")
+        for path in paths:
+            suffix = Path(path).suffix.lower()
+            if suffix not in TRAJECTORY_FORMATS:
+                raise ConfigError(f"{key}.files.{name}: '{path}' is not a trajectory format boltzflow reads; "
+                                  f"expected one of {', '.join(TRAJECTORY_FORMATS)}")
+            if not Path(path).is_file():
+                raise ConfigError(f"{key}.files.{name}: '{path}' does not exist (paths are relative to the "
+                                  "working directory)")
+        files[label] = list(paths)
+    missing = [label for label in ladder if label not in files]
+    if missing:
+        raise ConfigError(f"{key}.files: no files for {', '.join(missing)} K; every temperature of the ladder "
+                          "needs its trajectories")
+    md["files"] = files
 
 
 def pdb_atom_records(path: str, key: str) -> list[str]:

@@ -89,6 +89,22 @@ def log_weights(reduced_energy: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarr
     return log_w, int(bad.sum())
 
 
+def draw_by_weight(log_w: np.ndarray, n_draws: int, seed: int) -> np.ndarray:
+    """Indices of ``n_draws`` samples drawn with replacement, each with probability w / Σw (w = exp(log_w)).
+
+    The draws are an (equally weighted) sample of the distribution the weights reweight to: what
+    ``state_delta_f`` and the profiles estimate, as a set of frames. Samples with a non-finite log-weight
+    (weight zero, as in ``log_weights``) are never drawn; with no finite weight at all there is nothing to
+    draw from, and the result is empty.
+    """
+    log_w = np.asarray(log_w, dtype=float)
+    finite = np.isfinite(log_w)
+    if not finite.any():
+        return np.zeros(0, dtype=np.int64)
+    weights = np.where(finite, np.exp(log_w - log_w[finite].max(), where=finite, out=np.zeros_like(log_w)), 0.0)
+    return np.random.default_rng(seed).choice(len(log_w), size=int(n_draws), p=weights / weights.sum())
+
+
 def ess_fraction(log_w: np.ndarray) -> float:
     """Kish effective sample size over the number of samples: (Σw)² / (N Σw²), in [0, 1].
 

@@ -140,6 +140,12 @@ def _load_forcefield(forcefield_files: tuple[str, ...]) -> app.ForceField:
                             f"{_first_line(error)}") from None
 
 
+#: What a user can do about a residue without a template: boltzflow parametrizes nothing itself.
+NO_TEMPLATE_ADVICE = ("boltzflow knows only the residues the force-field files have templates for: for a ligand, "
+                      "build an OpenMM XML for it elsewhere (openmmforcefields, GAFF or SMIRNOFF) and add it to "
+                      "the forcefield list")
+
+
 def _describe_template_error(error, topology, pdb_path, forcefield_files) -> str:
     text = _first_line(error)
     match = re.search(r"residue (\d+) \(([^)]*)\)", text)
@@ -153,7 +159,7 @@ def _describe_template_error(error, topology, pdb_path, forcefield_files) -> str
     first_sentence = guess.group(1).split(".  ")[0].strip().rstrip(".") if guess else ""
     hint = f" ({first_sentence})" if first_sentence else ""
     return (f"molecule.pdb: residue {residue.id} ({residue.name}) of '{pdb_path}' matches no template in "
-            f"{', '.join(forcefield_files)}{hint}")
+            f"{', '.join(forcefield_files)}{hint}; {NO_TEMPLATE_ADVICE}")
 
 
 def _first_line(error: Exception) -> str:

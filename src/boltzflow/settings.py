@@ -167,6 +167,18 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class SampleTrajectorySettings:
+    """The ``sample_trajectories`` block of a molecule: its model samples as AMBER trajectories.
+
+    ``resampled_frames`` frames are drawn with replacement by the normalized importance weights
+    (``estimators.draw_by_weight``), with ``seed``: an equally weighted ensemble to look at.
+    """
+
+    resampled_frames: int = 10000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class FigureSettings:
     """The top-level ``figures`` block.
 
@@ -251,8 +263,9 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-#: The settings class of every model and analysis block of a system's config, by block name. The ``md``
-#: block's class depends on the system kind: ``Target.md_settings`` builds it.
+#: The settings class of every model and analysis block of a system's config, by block name (molecules
+#: alone have ``sample_trajectories``). The ``md`` block's class depends on the system kind:
+#: ``Target.md_settings`` builds it.
 SYSTEM_BLOCKS: dict[str, type] = {
     "flow": FlowSettings,
     "sampling": SamplingSettings,
@@ -261,4 +274,5 @@ SYSTEM_BLOCKS: dict[str, type] = {
     "smc": SMCSettings,
     "mcmc": MCMCSettings,
     "analysis": AnalysisSettings,
+    "sample_trajectories": SampleTrajectorySettings,
 }

@@ -54,11 +54,15 @@ class Target(Protocol):
     def bounds(self) -> dict[str, tuple[float, float]] | None: ...
     @property
     def target_temperature_k(self) -> float: ...
-    #: "langevin" (independent walkers at each temperature) or "replica_exchange" (over the whole ladder).
+    #: "langevin" (independent walkers at each temperature), "replica_exchange" (over the whole ladder) or
+    #: "trajectories" (MD a user already has, read from files per temperature).
     md_method: str
     #: True if positions are the CVs of a 2D density that ``reduced_energy`` (numpy [n, 2] → [n]) can
     #: integrate on a grid (``stages.quadrature``): the run then carries the exact answer.
     exact_quadrature: bool
+    #: True if positions are the atoms of a topology (``load_molecule().topology``): model samples are then
+    #: also written as AMBER trajectories that mdtraj and VMD read.
+    atomistic: bool
     #: Dimensions and coordinates of one sample's positions; long names of positions, ln q and ln Z (what
     #: the density and the partition function are over).
     position_dims: tuple[str, ...]
@@ -105,6 +109,7 @@ class Toy2DSystem:
     md_method = "langevin"
     #: Its density can be integrated on a grid: the run carries the exact answer (estimator ``quadrature``).
     exact_quadrature = True
+    atomistic = False
     cv_units = "nm"
     position_dims = ("cv",)
     positions_long_name = "model sample"
@@ -208,7 +213,8 @@ class MoleculeSystem:
     Positions are Cartesian, [..., n_atoms, 3] in nm. The CVs are dihedral angles given by four atom
     indices each, reported in ``cv_units`` (degrees or radians) in [-half turn, half turn). Energies
     come from OpenMM (``boltzflow.molecules.load_molecule`` builds the OpenMM objects); this class only
-    describes the system, so the analysis stages need no OpenMM.
+    describes the system, so the analysis stages need no OpenMM. ``md_method`` is ``replica_exchange`` (MD
+    run here) or ``trajectories`` (MD a user already has, ``md.source: trajectories``).
     """
 
     name: str
@@ -219,9 +225,10 @@ class MoleculeSystem:
     cv_atoms: dict[str, tuple[int, int, int, int]]
     cv_units: str
     states: tuple[State, ...]
+    md_method: str = "replica_exchange"
 
-    md_method = "replica_exchange"
     exact_quadrature = False
+    atomistic = True
     position_dims = ("atom", "spatial")
     position_coords = {"spatial": ["x", "y", "z"]}
     positions_long_name = "model sample, Cartesian, canonical frame"
@@ -289,9 +296,10 @@ class MoleculeSystem:
         return ModelCoordinates(coordinate_map, coordinate_map.flow_coordinates(ic), circular, circular_mean)
 
     def md_settings(self, block: dict):
+        """The replica exchange settings of the ``md`` block (without the keys that choose the MD's source)."""
         from boltzflow.settings import ReplicaExchangeSettings
 
-        return ReplicaExchangeSettings(**block)
+        return ReplicaExchangeSettings(**{key: value for key, value in block.items() if key not in MD_SOURCE_KEYS})
 
     def check_backend(self) -> None:
         """Parametrize the molecule once and check its CVs against its bonds: a residue the force field cannot
@@ -299,6 +307,11 @@ class MoleculeSystem:
         from boltzflow.molecules import check_dihedral_chains
 
         check_dihedral_chains(self.load_molecule(), self.cv_atoms)
+
+
+#: The keys of a molecule's ``md`` block that say where its MD comes from, and the route of each source.
+MD_SOURCE_KEYS = ("source", "files")
+MD_METHODS = {"simulation": "replica_exchange", "trajectories": "trajectories"}
 
 
 def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSystem:
@@ -317,6 +330,7 @@ def molecule_system_from_config(name: str, system_config: dict) -> MoleculeSyste
         cv_atoms={cv: tuple(int(i) for i in atoms) for cv, atoms in system_config.get("cvs", {}).items()},
         cv_units=cv_units,
         states=tuple(states),
+        md_method=MD_METHODS[system_config.get("md", {}).get("source", "simulation")],
     )
 
 

@@ -28,12 +28,12 @@ def start(snakemake):
 
 
 def _one_line_physics_errors(kind, error, traceback):
-    """A :class:`boltzflow.physics_errors.PhysicsError` ends the log with its one line, no traceback, and
-    goes to the job's own stderr too, so that Snakemake's error output shows it; anything else is a bug
-    and keeps its traceback."""
-    from boltzflow.physics_errors import PhysicsError
+    """A :class:`boltzflow.physics_errors.PhysicsError` (or ``InputFileError``) ends the log with its one
+    line, no traceback, and goes to the job's own stderr too, so that Snakemake's error output shows it;
+    anything else is a bug and keeps its traceback."""
+    from boltzflow.physics_errors import InputFileError, PhysicsError
 
-    if not isinstance(error, PhysicsError):
+    if not isinstance(error, (PhysicsError, InputFileError)):
         sys.__excepthook__(kind, error, traceback)
         return
     line = f"boltzflow: {error}"

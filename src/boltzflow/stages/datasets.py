@@ -33,9 +33,10 @@ def edges_from(observables: xr.Dataset, cv: str) -> np.ndarray:
 
 
 def samples_dataset(system, x, log_q, u) -> xr.Dataset:
-    """Model samples with ln q, u and the log-weights; x is [n, *system.position_dims] in nm."""
+    """Model samples with ln q, u, the log-weights and the CVs; x is [n, *system.position_dims] in nm."""
     log_w, n_nonfinite = estimators.log_weights(u, log_q)
-    return xr.Dataset(
+    x = np.asarray(x)
+    dataset = xr.Dataset(
         {
             "positions": variable(("sample", *system.position_dims), x, "nm", system.positions_long_name),
             "log_q": variable("sample", log_q, "1", system.log_q_long_name),
@@ -45,6 +46,12 @@ def samples_dataset(system, x, log_q, u) -> xr.Dataset:
         coords=system.position_coords,
         attrs={"n_nonfinite": n_nonfinite, "temperature_k": system.target_temperature_k},
     )
+    if system.cvs:
+        values = system.cv_values(x)
+        dataset["cv_values"] = variable(("sample", "cv"), np.stack([values[cv] for cv in system.cvs], axis=1)
+                                        .reshape(len(x), len(system.cvs)), system.cv_units, "CVs of the sample")
+        dataset = dataset.assign_coords(cv=list(system.cvs))
+    return dataset
 
 
 def weighted_samples_dataset(system, positions, log_w, u, log_w_long_name: str) -> xr.Dataset:

@@ -26,10 +26,18 @@ def validation_split(md: xr.Dataset, validation_fraction: float) -> tuple[np.nda
     replica passing through the state (molecules) its validation frames come after all its training
     frames, a contiguous block of its trajectory, not autocorrelated neighbours of training frames.
     A dataset without ``time`` is taken to be stored in time order, as both MD routes store samples.
+    MD from trajectory files (a ``trajectory`` label per sample: each file its own run, of its own length
+    and times) is ordered by the fraction of its file that each frame completes, so that every file gives
+    the last ``validation_fraction`` of its frames.
     """
     from boltzflow.training import validation_count
 
-    order = np.argsort(md["time"].values, kind="stable") if "time" in md else np.arange(md.sizes["sample"])
+    if "trajectory" in md:
+        trajectory, frame = md["trajectory"].values, md["frame"].values
+        length = np.bincount(trajectory)[trajectory]
+        order = np.lexsort((trajectory, (frame + 1) / length))
+    else:
+        order = np.argsort(md["time"].values, kind="stable") if "time" in md else np.arange(md.sizes["sample"])
     n_train = len(order) - validation_count(len(order), validation_fraction)
     return order[:n_train], order[n_train:]
 

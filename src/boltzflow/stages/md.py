@@ -1,6 +1,7 @@
-"""MD stages: Langevin walkers of a toy at one temperature; replica exchange of a molecule over the ladder.
+"""MD stages: Langevin walkers of a toy at one temperature; replica exchange of a molecule over the ladder;
+or a molecule's MD that a user already has (trajectory files per temperature).
 
-Both end in the same per-temperature MD contract (``positions``, ``energy`` in kJ/mol, optionally
+All end in the same per-temperature MD contract (``positions``, ``energy`` in kJ/mol, optionally
 ``independent``), so MBAR, training and the figures never ask which route made the samples.
 """
 
@@ -158,4 +159,80 @@ def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, lo
         attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency,
                "statistical_inefficiency_state_frames": g_state,
                "statistical_inefficiency_replica_frames": g_replica, "runs": len(runs)},
+    )
+
+
+def trajectory_state_stage(system, temperature_k: float, files: list[str], log=print, workers: int = 1) -> xr.Dataset:
+    """MD a user already has at one temperature of the ladder (trajectory files), in the per-temperature MD
+    contract of :func:`replica_state_stage`.
+
+    Every file is read in the atom order of the system's PDB and checked against it before any energy is
+    computed (:func:`boltzflow.trajectory_files.read_trajectory`); a file is an independent run, its frames in
+    the order written. Energies are recomputed with the system's own OpenMM System on the Reference platform
+    (what the models' energies use), in ``workers`` processes, so that MBAR and the reweighting see one
+    potential whatever made the frames. Every frame is kept; ``independent`` marks one frame per statistical
+    inefficiency g in each file, g being the largest over the energy, the cosine and sine of each CV and the
+    indicator of each state (those that switch at all) of the inefficiency over the files as independent runs
+    (:func:`boltzflow.trajectory_files.runs_statistical_inefficiency`). ``trajectory`` (the index of the file
+    in the ``file`` coordinate) and ``frame`` (its place in the file) let the training's validation split
+    hold out the end of every file (:func:`boltzflow.stages.flow.validation_split`).
+    """
+    from pymbar import timeseries
+
+    from boltzflow.molecules import EnergyEvaluator
+    from boltzflow.trajectory_files import read_trajectory, runs_statistical_inefficiency
+
+    key = f"systems.{system.name}.md.files.{temperature_k:g}"
+    runs = [read_trajectory(path, system.pdb_path, key) for path in files]
+    molecule = system.load_molecule()
+    energies = []
+    with EnergyEvaluator(molecule, platform="Reference", n_workers=workers) as evaluator:
+        for run in runs:
+            energy, _ = evaluator(run.positions_nm)
+            bad = np.flatnonzero(~np.isfinite(energy))
+            if len(bad):
+                raise PhysicsError(f"MD of {system.name} at {temperature_k:g} K: {len(bad)} frames of '{run.path}' "
+                                   f"have a non-finite energy with {', '.join(system.forcefield)} (first: frame "
+                                   f"{bad[0]}); expected frames of this molecule at finite energy")
+            energies.append(energy)
+            log(f"{run.path}: {len(energy)} frames, mean energy {energy.mean():.2f} kJ/mol")
+        log(f"energies recomputed with {', '.join(system.forcefield)} on the Reference platform: "
+            f"{evaluator.samples_per_second:.0f} frames/s")
+    cvs = [system.cv_values(run.positions_nm) for run in runs]
+    scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
+    observables = [energies] + [[f(values[cv] * scale) for values in cvs] for cv in system.cvs for f in (np.cos, np.sin)]
+    # The state indicators are what ΔF averages (see replica_state_stage); only those that switch at all.
+    for state in system.states:
+        indicators = [state.contains(values).astype(float) for values in cvs]
+        if 0 < np.concatenate(indicators).mean() < 1:
+            observables.append(indicators)
+    inefficiency = max(runs_statistical_inefficiency(runs_of) for runs_of in observables)
+    independent = []
+    for energy in energies:
+        flags = np.zeros(len(energy), dtype=np.int8)
+        flags[timeseries.subsample_correlated_data(np.arange(len(energy)), g=inefficiency)] = 1
+        independent.append(flags)
+    n_independent = int(sum(flags.sum() for flags in independent))
+    log(f"{temperature_k:g} K: {sum(len(e) for e in energies)} frames in {len(runs)} files, statistical inefficiency "
+        f"{inefficiency:.1f} frames (files as independent runs), {n_independent} independent samples for MBAR")
+    positions = np.concatenate([run.positions_nm for run in runs])
+    cv_values = np.concatenate([np.stack([values[cv] for cv in system.cvs], axis=1) for values in cvs])
+    return xr.Dataset(
+        {
+            "positions": variable(("sample", "atom", "spatial"), positions, "nm", "Cartesian positions"),
+            "energy": variable("sample", np.concatenate(energies), "kJ/mol",
+                               "potential energy, recomputed with the system's force field"),
+            "cv_values": variable(("sample", "cv"), cv_values, system.cv_units, "dihedral CVs"),
+            "independent": variable("sample", np.concatenate(independent), "1",
+                                    "1 for the decorrelated subsample used by MBAR"),
+            "trajectory": variable("sample", np.concatenate([np.full(len(run.time_ps), i) for i, run in enumerate(runs)]),
+                                   "1", "index of the input file (coordinate file) the frame comes from"),
+            "frame": variable("sample", np.concatenate([np.arange(len(run.time_ps)) for run in runs]), "1",
+                              "frame index within its input file"),
+            "time": variable("sample", np.concatenate([run.time_ps for run in runs]), "ps",
+                             "time as the input file stores it (mdtraj; a DCD stores none: its frames count from 0)"),
+        },
+        coords={"cv": list(system.cvs), "spatial": ["x", "y", "z"], "file": [run.path for run in runs]},
+        attrs={"temperature_k": float(temperature_k), "statistical_inefficiency_frames": inefficiency,
+               "energy_platform": "Reference"},
     )
