@@ -36,6 +36,8 @@ rule replica_exchange:
         pdb=molecule_pdb,
     output:
         replicas="results/{system}/md/replica_exchange_run{run}.nc",
+    # The molecule's MD is the longest chain of the default run: start its runs first, side by side.
+    priority: 10
     params:
         system=replica_exchange_params,
     log:

@@ -265,6 +265,31 @@ def test_alanine_dipeptide_trajectories_load_in_mdtraj_with_the_right_dihedrals(
     assert np.isfinite(samples["log_w"].values[resampled.time.astype(int)]).all()
 
 
+def test_resampled_flow_trajectory_has_the_mbar_state_populations(run, config):
+    # Issue 13's check as a user would do it: load the weight-resampled flow ensemble in mdtraj, measure phi
+    # there, and compare the share of phi > 0 with MBAR's. The resampled frames carry the noise of the
+    # importance weights (at most the Kish ESS distinct samples), so "within noise" is three combined
+    # standard errors: MBAR's on the population, and the binomial one of the ESS.
+    import mdtraj
+    from scipy.special import expit
+
+    results = run / "results/alanine_dipeptide"
+    system_config = config["systems"]["alanine_dipeptide"]
+    resampled = mdtraj.load(str(results / "samples/flow_resampled.nc"), top=str(ROOT / "data/alanine_dipeptide.pdb"))
+    phi = np.degrees(mdtraj.compute_dihedrals(resampled, np.array([system_config["cvs"]["phi"]])))[:, 0]
+    share = float(np.mean(phi >= 0))
+    summary = xr.open_dataset(results / "summary.nc")
+    mbar = summary.sel(estimator="mbar", state="phi_positive")
+    # Two states: p(phi > 0) = 1 / (1 + exp(ΔF)), and its error by the chain rule.
+    p_mbar = float(expit(-mbar["delta_f"]))
+    p_mbar_err = p_mbar * (1 - p_mbar) * float(mbar["delta_f_err"])
+    ess = float(summary["ess_fraction"].sel(estimator="flow", state="phi_positive")
+                * summary["n_samples"].sel(estimator="flow", state="phi_positive"))
+    noise = np.sqrt(p_mbar * (1 - p_mbar) / min(ess, resampled.n_frames))
+    print(f"phi > 0: resampled flow {share:.4f}, MBAR {p_mbar:.4f} ± {p_mbar_err:.4f}, resampling noise {noise:.4f}")
+    assert abs(share - p_mbar) < 3 * np.hypot(p_mbar_err, noise)
+
+
 def test_a_target_runs_just_its_system(tmp_path):
     workdir = copy_workflow(tmp_path)
     # The target goes before --configfile, which takes every word after it as a config file.
