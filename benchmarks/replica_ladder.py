@@ -15,7 +15,7 @@ One run per ladder is a noisy measurement of g (a 0.6 ns run holds a few dozen i
 read differences of less than about 2× as ties. Measured here (2026-12-02, 0.6–1 ns per replica, one
 seed): the old default (6 temperatures to 631 K, swaps every 1 ps) about 480 kT²·s; swaps every 0.1 ps
 on the same ladder about 300; 6 to 792 K 180; 8 to 902 K 190; 10 to 1200 K 145 (the new default);
-12 to 1500 K 550, its hottest states overlapping the target too little.
+12 to 1500 K 550 (more replicas, and longer round trips over the ladder for each of them).
 """
 
 import argparse

@@ -5,11 +5,18 @@ import math
 import numpy as np
 import pytest
 
+from boltzflow import estimators
 from boltzflow.cvs import State, StateError, state_boxes
-from boltzflow.systems import molecule_system_from_config, toy_system_from_config
+from boltzflow.molecules import MoleculeError, check_dihedral_chains, load_molecule
+from boltzflow.systems import molecule_system_from_config, system_from_config, toy_system_from_config
 from workflow_helpers import ROOT
 
 DIHEDRALS = ("phi", "psi")
+ALDP_PDB = ROOT / "data/alanine_dipeptide.pdb"
+ALDP_BLOCK = {"type": "molecule", "pdb": str(ALDP_PDB), "forcefield": ["amber99sbildn.xml", "amber99_obc.xml"],
+              "constraints": "none", "temperatures": [300, 348], "cv_units": "degrees",
+              "cvs": {"phi": [4, 6, 8, 10], "psi": [6, 8, 10, 16]},
+              "states": {"phi_negative": {"phi": [-180, 0]}, "phi_positive": {"phi": [0, 180]}}}
 
 
 def _dihedral_state(spec, half_turn=180.0) -> State:
@@ -84,3 +91,25 @@ def test_a_toy_keeps_lo_below_hi_and_takes_unions_of_boxes():
                                        "states": {"outer": [{"x": [-2, -1]}, {"x": [1, 2]}]}})
     x = np.array([-1.5, 0.0, 1.5, 2.0])
     assert toy.states[0].contains({"x": x, "y": np.zeros(4)}).tolist() == [True, False, True, False]
+
+
+def test_probability_in_no_state_is_the_normalized_weight():
+    cvs = {"x": np.array([-1.0, 0.5, 2.0])}
+    states = (State("a", ({"x": (-np.inf, 0.0)},)), State("b", ({"x": (1.0, np.inf)},)))
+    assert estimators.probability_in_no_state(np.log([1.0, 8.0, 1.0]), cvs, states) == pytest.approx(0.8)
+
+
+def test_a_dihedral_of_exactly_180_degrees_lies_in_the_state_starting_at_minus_180():
+    system = system_from_config("aldp", ALDP_BLOCK)
+    positions = np.zeros((1, 22, 3))
+    # phi atoms 4, 6, 8, 10 planar trans: atan2(0, negative) = pi exactly.
+    positions[0, [4, 6, 8, 10]] = [[0.0, 0.1, 0.0], [0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.1, -0.1, 0.0]]
+    phi = system.cv_values(positions)["phi"]
+    assert phi[0] == -180.0
+    assert system.states[0].contains({"phi": phi, "psi": np.zeros(1)}).tolist() == [True]
+
+
+def test_chain_check_needs_the_b_c_bond():
+    # CA-HA and CA-C are bonds, HA-C is not: [CA, HA, C, O] is no chain though a-b, a-c and c-d are bonds.
+    with pytest.raises(MoleculeError, match="atoms 9 .* and 10 .* are not bonded"):
+        check_dihedral_chains(load_molecule(ALDP_PDB), {"x": [8, 9, 10, 11]})

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import xarray as xr
+from scipy.special import erf
 
-from boltzflow.stages.mbar import MDFileError, check_ladder
-from boltzflow.systems import State, Toy2DSystem
+from boltzflow.stages.mbar import MDFileError, check_ladder, mbar_stage
+from boltzflow.systems import State, Toy2DSystem, kt_kj_mol
 
 LADDER = (300.0, 348.0, 404.0)
 NAMES = [f"results/t/md/{t:g}K.nc" for t in LADDER]
@@ -35,3 +36,20 @@ def test_a_file_of_another_temperature_is_one_line_naming_it(temperatures, messa
         check_ladder(_system(), _files(temperatures), NAMES)
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_mbar_share_in_no_state_is_at_the_target_temperature():
+    spring, gap = 200.0, 0.05
+    temperatures = (300.0, 900.0)
+    states = (State("left", ({"x": (-np.inf, 0.0), "y": (-np.inf, np.inf)},)),
+              State("right", ({"x": (gap, np.inf), "y": (-np.inf, np.inf)},)))
+    system = Toy2DSystem("h", f"0.5*{spring}*(x^2 + y^2)", temperatures, states, bounds={"x": (-1, 1), "y": (-1, 1)})
+    rng = np.random.default_rng(3)
+    md = []
+    for t in temperatures:
+        xy = rng.normal(scale=np.sqrt(kt_kj_mol(t) / spring), size=(4000, 2))
+        md.append(xr.Dataset({"positions": (("sample", "cv"), xy), "energy": ("sample", 0.5 * spring * (xy ** 2).sum(1))},
+                             attrs={"temperature_k": t}))
+    _, observables = mbar_stage(system, md, bins=20, log=lambda _: None)
+    expected = 0.5 * erf(gap / (np.sqrt(kt_kj_mol(300.0) / spring) * np.sqrt(2)))  # 0.173; 900 K: 0.10
+    assert abs(float(observables["fraction_in_no_state"]) - expected) < 0.02

@@ -1,6 +1,7 @@
 """The exact answer of a toy by quadrature, for states that are unions of boxes."""
 
 import numpy as np
+import pytest
 import xarray as xr
 from scipy.special import erf
 
@@ -39,3 +40,20 @@ def test_quadrature_of_a_union_of_boxes_is_the_sum_over_its_boxes():
     expected = -np.log((mass(left) + mass(right)) / mass(reference))
     error = estimates["delta_f_err"].values[0, 1]
     assert abs(estimates["delta_f"].values[0, 1] - expected) <= error + 1e-12 < 2e-3
+
+
+def test_quadrature_of_adjacent_boxes_equals_that_of_the_merged_box():
+    spring = 300.0
+    edges = {cv: np.linspace(-0.3, 0.3, 21) for cv in ("x", "y")}
+
+    def delta_f(states):
+        system = Toy2DSystem("h", f"0.5*{spring}*(x^2 + y^2)", (300.0,), states, bounds={"x": (-0.3, 0.3), "y": (-0.3, 0.3)})
+        observables = xr.Dataset(coords=grid_coords(system, edges))
+        observables["F_xy"] = (("x", "y"), np.zeros((20, 20)))
+        return quadrature_stage(system, observables, AnalysisSettings(), log=lambda _: None)["delta_f"].values[0, 1]
+
+    reference = State("ref", ({"x": (-0.3, -0.1)},))
+    # The shared edge x = 0.013 cuts a grid cell (width 0.03) in two.
+    split = State("u", ({"x": (-0.05, 0.013), "y": (-0.3, 0.3)}, {"x": (0.013, 0.2), "y": (-0.3, 0.3)}))
+    merged = State("u", ({"x": (-0.05, 0.2), "y": (-0.3, 0.3)},))
+    assert delta_f((reference, split)) == pytest.approx(delta_f((reference, merged)), abs=1e-9)

@@ -64,3 +64,33 @@ def test_a_slow_walk_over_temperatures_alone_is_not_a_correlation():
     replica = np.repeat(np.stack([rng.permutation(n_states) for _ in range(n_frames // 200)], axis=1), 200, axis=1)
     g_state, g_replica = statistical_inefficiencies([by_state], replica, state=0)
     assert g_state < 1.2 and g_replica < 1.2
+
+
+# Independent runs of one ladder ([run, state, frame]).
+def test_every_run_enters_both_inefficiencies():
+    # Run 1 is white noise, run 2 an AR(1) with g = 19 in every state; no swaps (replica k stays in state k).
+    rng = np.random.default_rng(0)
+    K, T = 3, 4000
+    obs = np.stack([rng.normal(size=(K, T)), _ar1(K, T, rng)])
+    replica = np.broadcast_to(np.arange(K)[None, :, None], (2, K, T))
+    g_state, g_replica = statistical_inefficiencies([obs], replica, 0)
+    assert g_state > 4 and g_replica > 4  # run 1 alone gives about 1
+
+
+def test_replica_standardization_is_pooled_over_runs():
+    # Each run sits at its own offset in every state (a basin it never leaves); swaps every frame.
+    rng = np.random.default_rng(1)
+    K, T = 3, 2000
+    obs = np.stack([1.0 + 0.3 * rng.normal(size=(K, T)), -1.0 + 0.3 * rng.normal(size=(K, T))])
+    replica = np.stack([np.array([rng.permutation(K) for _ in range(T)]).T for _ in range(2)])
+    _, g_replica = statistical_inefficiencies([obs], replica, 0)
+    assert g_replica > 50  # per-run standardization would remove the offsets and give about 1
+
+
+def test_runs_stuck_in_different_basins_are_not_independent_samples():
+    rng = np.random.default_rng(0)
+    K, T = 3, 2000
+    indicator = np.stack([np.ones((K, T)), np.zeros((K, T))])  # run 1 always in the state, run 2 never
+    replica = np.stack([np.array([rng.permutation(K) for _ in range(T)]).T for _ in range(2)])
+    g_state, g_replica = statistical_inefficiencies([indicator], replica, 0)
+    assert g_state > T / 4 and g_replica > T / 4

@@ -24,11 +24,11 @@ BLOCK = {"type": "molecule", "pdb": str(PDB), "forcefield": FORCEFIELD, "constra
          "states": {"phi_negative": {"phi": [-180, 0]}, "phi_positive": {"phi": [0, 180]}}}
 
 
-def openmm_run(path, temperature_k: float, seed: int, frames: int, interval: int = 20) -> np.ndarray:
+def openmm_run(path, temperature_k: float, seed: int, frames: int, interval: int = 20, constraints=None) -> np.ndarray:
     """Langevin MD of alanine dipeptide straight from OpenMM, frames to a DCD; returns OpenMM's own potential
     energy (kJ/mol) of every frame written."""
     pdb = app.PDBFile(str(PDB))
-    system = app.ForceField(*FORCEFIELD).createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None)
+    system = app.ForceField(*FORCEFIELD).createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=constraints)
     integrator = openmm.LangevinMiddleIntegrator(temperature_k * unit.kelvin, 1.0 / unit.picosecond,
                                                  1.0 * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)
@@ -191,3 +191,34 @@ def test_the_trajectory_source_replaces_replica_exchange_per_temperature(runs, t
     table = result.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
     assert [line.split() for line in table.splitlines() if line.startswith(("import_md", "mbar"))] == [
         ["import_md", "2"], ["mbar", "1"]]
+
+
+def test_a_slow_second_file_sets_the_inefficiency(tmp_path):
+    from boltzflow.stages.md import trajectory_state_stage
+
+    fast = tmp_path / "fast.dcd"
+    openmm_run(fast, 300, 1, 200)
+    slow = tmp_path / "slow.dcd"
+    trajectory = mdtraj.load(str(fast), top=str(PDB))
+    # Every frame 25 times: a file whose every observable has g of about 25.
+    mdtraj.Trajectory(np.repeat(trajectory.xyz[:8], 25, axis=0), trajectory.topology).save_dcd(str(slow))
+    system = system_from_config("aldp", BLOCK)
+    def g(files):
+        return trajectory_state_stage(system, 300.0, [str(f) for f in files], log=lambda _: None).attrs[
+            "statistical_inefficiency_frames"]
+
+    # The pooled estimate does not depend on the order of the files, and the slow file raises it.
+    assert g([fast, slow]) == pytest.approx(g([slow, fast]), rel=1e-9)
+    assert g([fast, slow]) > g([fast])
+
+
+def test_md_with_constrained_hydrogen_bonds_is_refused_in_one_line(tmp_path):
+    # The usual 2 fs setup (HBonds constraints) samples another ensemble than the flexible one used here.
+    path = tmp_path / "constrained.dcd"
+    openmm_run(path, 300, 4, 40, constraints=app.HBonds)
+    system = system_from_config("aldp", BLOCK)
+    with pytest.raises(InputFileError) as error:
+        trajectory_state_stage(system, 300.0, [str(path)], log=lambda _: None)
+    message = str(error.value)
+    assert "\n" not in message and "constrained.dcd" in message and "hardly vibrate" in message
+    assert message.startswith("systems.aldp.md.files.300:")

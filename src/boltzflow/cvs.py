@@ -94,8 +94,11 @@ def _ordinary_intervals(key: str, lo, hi, half_turn: float | None) -> list[tuple
     if lo == hi:
         raise StateError(f"{key}: [lo, hi] with lo == hi is empty, got {[lo, hi]}; expected lo < hi, "
                          f"or lo > hi for an interval that wraps around ±{half_turn:g}")
-    parts = [(float(lo), half_turn), (-half_turn, float(hi))]
-    return [(a, b) for a, b in parts if a < b]
+    parts = [(a, b) for a, b in [(float(lo), half_turn), (-half_turn, float(hi))] if a < b]
+    if not parts:
+        raise StateError(f"{key}: {[lo, hi]} wraps around ±{half_turn:g} but holds nothing on either side; "
+                         f"expected lo > hi with lo < {half_turn:g} or hi > {-half_turn:g}")
+    return parts
 
 
 def dihedral_angles(positions: np.ndarray, quads) -> np.ndarray:

@@ -403,9 +403,10 @@ def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarra
     from pymbar import timeseries
 
     def inefficiency(series: list[np.ndarray]) -> float:
-        # A series that never moves (e.g. a CV of rigid atoms) has no defined inefficiency; it constrains nothing.
-        series = [s for s in series if np.ptp(s) > 0]
-        if not series:
+        # An observable that never moves in any run (e.g. a CV of rigid atoms) has no defined inefficiency; it
+        # constrains nothing. One that is constant within each run but differs between runs (runs stuck in
+        # different basins) is the slowest correlation there is: keep every series, about the pooled mean.
+        if np.ptp(np.concatenate(series)) == 0:
             return 1.0
         if len(series) == 1:
             return float(timeseries.statistical_inefficiency(series[0], fast=False, mintime=3))

@@ -71,6 +71,7 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
                                       settings, log=log, checkpoint_path=checkpoint_path)
     except PhysicsError as error:
         raise PhysicsError(f"{system.name}: {error}") from None
+    check_stereochemistry(system, molecule, result.positions_nm, result.time_ps, run)
     ns = result.steps_integrated * settings.timestep_fs * 1e-6
     ns_per_day = ns / result.wall_seconds * 86400 if result.wall_seconds > 0 else np.nan
     log("exchange acceptance per neighbour pair: " + ", ".join(f"{a:.3f}" for a in result.acceptance))
@@ -93,6 +94,23 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
         attrs={"platform": platform, "run": run, "seed": settings.seed, "md_wall_seconds": result.wall_seconds,
                "md_ns_per_day_all_replicas": ns_per_day, "timestep_fs": settings.timestep_fs},
     )
+
+
+def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: np.ndarray, run: int) -> None:
+    """Raise a one-line :class:`PhysicsError` if a tetrahedral centre inverted in any state of the run
+    (positions [state, frame, atom, 3]); see :mod:`boltzflow.stereochemistry` for why."""
+    from boltzflow.molecules import atom_label
+    from boltzflow.stereochemistry import first_inversion, tetrahedral_centres
+
+    centres, neighbours = tetrahedral_centres(molecule.bonds, molecule.n_atoms)
+    inversion = first_inversion(positions_nm, molecule.positions_nm, centres, neighbours)
+    if inversion is not None:
+        (state, frame), atom = inversion
+        raise PhysicsError(
+            f"{system.name}: replica exchange run {run}: {atom_label(molecule.topology, atom)} turned into its mirror "
+            f"image at {system.temperatures_k[state]:g} K, {time_ps[frame]:g} ps; the hottest temperatures "
+            f"({max(system.temperatures_k):g} K) cross its inversion barrier, and the target ensemble would mix "
+            "both mirror images: lower the top of the ladder")
 
 
 def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, log=print) -> xr.Dataset:
@@ -162,6 +180,33 @@ def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, lo
     )
 
 
+#: Frames whose bonds to hydrogen spread less than this (nm, the median over those bonds of each one's standard
+#: deviation) come from MD with constrained bonds. Flexible X-H bonds spread about 0.003 nm at 300 K
+#: (sqrt(kT / k), k ~ 3e5 kJ/mol/nm^2), colder ones a little less; constrained ones only by the file's
+#: rounding (XTC's 0.001 nm grid: about 0.0004 nm).
+CONSTRAINED_BOND_SPREAD_NM = 1e-3
+#: Fewer frames than this say nothing about a spread.
+MIN_FRAMES_FOR_BOND_SPREAD = 10
+
+
+def check_flexible_hydrogen_bonds(molecule, positions_nm: np.ndarray, what: str) -> None:
+    """Raise a one-line :class:`~boltzflow.physics_errors.InputFileError` if the frames ([frame, atom, 3])
+    come from MD with constrained bonds to hydrogen: they sample another ensemble than the flexible one
+    that MBAR, the models and the reweighting use (the ``constraints: none`` rule, for imported MD)."""
+    from boltzflow.physics_errors import InputFileError
+
+    hydrogen_bonds = [(a, b) for a, b in molecule.bonds if not (molecule.heavy[a] and molecule.heavy[b])]
+    if not hydrogen_bonds or len(positions_nm) < MIN_FRAMES_FOR_BOND_SPREAD:
+        return
+    a, b = np.array(hydrogen_bonds).T
+    lengths = np.linalg.norm(positions_nm[:, a] - positions_nm[:, b], axis=-1)
+    spread = float(np.median(lengths.std(axis=0)))
+    if spread < CONSTRAINED_BOND_SPREAD_NM:
+        raise InputFileError(f"{what}: its bonds to hydrogen hardly vibrate (median spread {spread:.1e} nm, "
+                             f"flexible ones about 3e-3 nm): MD with constraints samples another ensemble than "
+                             "the flexible one every estimate here uses; expected MD without constraints")
+
+
 def trajectory_state_stage(system, temperature_k: float, files: list[str], log=print, workers: int = 1) -> xr.Dataset:
     """MD a user already has at one temperature of the ladder (trajectory files), in the per-temperature MD
     contract of :func:`replica_state_stage`.
@@ -185,6 +230,8 @@ def trajectory_state_stage(system, temperature_k: float, files: list[str], log=p
     key = f"systems.{system.name}.md.files.{temperature_k:g}"
     runs = [read_trajectory(path, system.pdb_path, key) for path in files]
     molecule = system.load_molecule()
+    for run in runs:
+        check_flexible_hydrogen_bonds(molecule, run.positions_nm, f"{key}: '{run.path}'")
     energies = []
     with EnergyEvaluator(molecule, platform="Reference", n_workers=workers) as evaluator:
         for run in runs:

@@ -1,0 +1,50 @@
+"""Stereochemistry that MD must keep: no tetrahedral centre of a molecule may turn into its mirror image.
+
+A classical force field gives a molecule and its mirror image the same energy, so its true equilibrium
+is racemic; the ensemble every estimate here refers to is that of the molecule as built (L-alanine, not
+D), which is what the models learn and MBAR measures as long as no centre inverts. The barrier is high
+(about 90 kJ/mol for alanine's Cα: 36 kT at 300 K), but a replica exchange ladder that reaches 1000 K
+and more brings it within reach, and one inverted replica that walks down to the target temperature
+cannot invert back there: it would silently move the reference towards a mixture of both mirror images
+(for alanine dipeptide, towards ΔF(φ > 0) = 0). So MD is checked frame by frame.
+
+A tetrahedral centre is an atom with four bonded neighbours; its handedness is the sign of the volume
+spanned by its three lowest-numbered neighbours, seen from the centre. A methyl group's sign turns only
+by an umbrella inversion, which is as unphysical here as a Cα one, so every such atom is checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tetrahedral_centres(bonds: list[tuple[int, int]], n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centre indices [m], their three lowest-numbered neighbours [m, 3]) of every atom with four bonds."""
+    neighbours = [[] for _ in range(n_atoms)]
+    for a, b in bonds:
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    centres = [atom for atom in range(n_atoms) if len(neighbours[atom]) == 4]
+    return (np.array(centres, dtype=int),
+            np.array([sorted(neighbours[atom])[:3] for atom in centres], dtype=int).reshape(-1, 3))
+
+
+def handedness(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Sign (+1 or -1) of each centre's neighbour volume in each frame: positions [..., atom, 3] → [..., m]."""
+    centre = positions[..., centres, :]
+    a, b, c = (positions[..., neighbours[:, i], :] - centre for i in range(3))
+    return np.sign(np.einsum("...i,...i->...", a, np.cross(b, c)))
+
+
+def first_inversion(positions: np.ndarray, reference: np.ndarray, centres: np.ndarray,
+                    neighbours: np.ndarray) -> tuple[tuple[int, ...], int] | None:
+    """(index of the first frame, centre atom) where a centre's handedness differs from ``reference``
+    ([atom, 3]), over frames ``positions`` [..., atom, 3] in C order of the leading axes; None if none does."""
+    if not len(centres):
+        return None
+    inverted = handedness(positions, centres, neighbours) != handedness(reference, centres, neighbours)
+    hits = np.argwhere(inverted)
+    if not len(hits):
+        return None
+    first = hits[0]
+    return tuple(int(i) for i in first[:-1]), int(centres[first[-1]])
