@@ -122,6 +122,22 @@ def test_profiles_are_drawn_as_stored_and_masked_points_are_not_drawn():
     assert len(ylims) == 1 and max(ylims)[1] < 35  # one y scale, not stretched by the masked spike
 
 
+def test_a_poorly_sampled_reference_point_is_drawn_but_does_not_set_the_scale():
+    # A hot replica exchange ladder gives MBAR a point or two far up a barrier, from a handful of samples.
+    profiles = profiles_dataset()
+    mbar = NAMES.index("mbar")
+    profiles["F_x"].values[mbar, 5], profiles["n_eff_x"].values[mbar, 5] = 50.0, 0.5
+    fig = free_energy_profiles(profiles, summary_dataset(), SETTINGS)
+    ax = _profile_panels(fig)[label("flow")]
+    line = next(line for line in ax.lines if line.get_label() == label("mbar"))
+    assert np.asarray(line.get_ydata(), dtype=float)[5] == 50.0  # drawn: the reference is never masked
+    assert ax.get_ylim()[1] < 20  # but it runs off the top instead of flattening the panel
+    # Where no reference point has enough samples (a short run), all of them set the scale.
+    profiles["n_eff_x"].values[mbar] = 0.5
+    fig = free_energy_profiles(profiles, summary_dataset(), SETTINGS)
+    assert _profile_panels(fig)[label("flow")].get_ylim()[1] > 50
+
+
 def test_unreliable_estimates_say_so_in_profiles_and_surfaces():
     for fig in (free_energy_profiles(profiles_dataset(), summary_dataset(), SETTINGS),
                 free_energy_surfaces(surface_dataset(), summary_dataset(), SETTINGS)):

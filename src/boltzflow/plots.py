@@ -215,7 +215,12 @@ def free_energy_profiles(profiles: xr.Dataset, summary: xr.Dataset | None = None
             for reference in references:
                 f = _draw_profile(ax, profiles, cv, reference, 0.0)  # unmasked, with its error band (see surfaces)
                 if reference != QUADRATURE:  # exact everywhere, far up the walls: the samples set the scale
-                    drawn.append(f)
+                    # ... and only the reference's well-sampled points: a hot ladder gives MBAR a few samples
+                    # far up the barriers (tens of kT, with bands as wide), which would flatten every panel;
+                    # there the line runs off the top. A reference with no such point sets it with them all.
+                    sampled = _masked(profiles[f"F_{cv}"].sel(estimator=reference),
+                                      profiles[f"n_eff_{cv}"].sel(estimator=reference), minimum)
+                    drawn.append(sampled if np.isfinite(sampled).any() else f)
             if name not in REFERENCES:
                 unreliable = bool(unreliable_states(summary, name))
                 drawn.append(_draw_profile(ax, profiles, cv, name, minimum, unreliable))
