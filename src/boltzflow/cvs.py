@@ -30,14 +30,14 @@ class State:
     boxes: tuple[Box, ...]
 
     def contains(self, cvs: dict[str, np.ndarray]) -> np.ndarray:
-        inside = np.zeros(len(next(iter(cvs.values()))), dtype=bool)
+        inside = np.zeros(np.shape(next(iter(cvs.values()))), dtype=bool)
         for box in self.boxes:
             inside |= _box_contains(box, cvs)
         return inside
 
 
 def _box_contains(box: Box, cvs: dict[str, np.ndarray]) -> np.ndarray:
-    inside = np.ones(len(next(iter(cvs.values()))), dtype=bool)
+    inside = np.ones(np.shape(next(iter(cvs.values()))), dtype=bool)
     for cv, (lo, hi) in box.items():
         inside &= (cvs[cv] >= lo) & (cvs[cv] < hi)
     return inside

@@ -96,6 +96,20 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
     )
 
 
+def inefficiency_observables(system, energy: np.ndarray, cv_values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The observables whose slowest correlation sets the statistical inefficiency of molecule MD: the
+    energy, the cosine and sine of each CV, and the indicator of each state that switches at all (a
+    constant has no correlation time). Arrays of one shape, frames along any axes.
+
+    The state indicators are what ΔF averages: fast motion inside a basin can hide their slow switching in
+    the cosine and sine of the CVs.
+    """
+    scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
+    series = [energy] + [f(cv_values[cv] * scale) for cv in system.cvs for f in (np.cos, np.sin)]
+    indicators = [state.contains(cv_values).astype(float) for state in system.states]
+    return series + [indicator for indicator in indicators if 0 < indicator.mean() < 1]
+
+
 def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: np.ndarray, run: int) -> None:
     """Raise a one-line :class:`PhysicsError` if a tetrahedral centre inverted in any state of the run
     (positions [state, frame, atom, 3]); see :mod:`boltzflow.stereochemistry` for why."""
@@ -141,21 +155,16 @@ def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, lo
     energies = np.stack([run["energy"].values for run in runs])
     replica = np.stack([run["replica"].values for run in runs])
     shape = all_positions.shape[:3]
-    all_cvs = system.cv_values(all_positions.reshape(-1, *all_positions.shape[3:]))
-    scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
-    series = [energies] + [f(all_cvs[cv].reshape(shape) * scale) for cv in system.cvs for f in (np.cos, np.sin)]
-    # The state indicators are what ΔF averages: fast motion inside a basin can hide their slow switching
-    # in the cosine and sine of the CVs. Only those that switch at all (a constant has no correlation time).
-    indicators = [state.contains(all_cvs).reshape(shape).astype(float) for state in system.states]
-    series += [indicator for indicator in indicators if 0 < indicator.mean() < 1]
-    g_state, g_replica = statistical_inefficiencies(series, replica, k)
+    all_cvs = {cv: values.reshape(shape) for cv, values in
+               system.cv_values(all_positions.reshape(-1, *all_positions.shape[3:])).items()}
+    g_state, g_replica = statistical_inefficiencies(inefficiency_observables(system, energies, all_cvs), replica, k)
     inefficiency = max(g_state, g_replica)
     n_frames = shape[2]
     kept = timeseries.subsample_correlated_data(np.arange(n_frames), g=inefficiency)
     independent = np.zeros((len(runs), n_frames), dtype=np.int8)
     independent[:, kept] = 1
     positions = all_positions[:, k].reshape(-1, *all_positions.shape[3:])
-    cvs = {cv: all_cvs[cv].reshape(shape)[:, k].ravel() for cv in system.cvs}
+    cvs = {cv: all_cvs[cv][:, k].ravel() for cv in system.cvs}
     replica_ids = (replica[:, k] + len(ladder) * np.arange(len(runs))[:, None]).ravel()
     log(f"{temperature_k:g} K: {len(runs)} run(s) x {n_frames} frames, statistical inefficiency "
         f"{inefficiency:.1f} frames (state series {g_state:.1f}, replica trajectories {g_replica:.1f}), "
@@ -246,14 +255,11 @@ def trajectory_state_stage(system, temperature_k: float, files: list[str], log=p
         log(f"energies recomputed with {', '.join(system.forcefield)} on the Reference platform: "
             f"{evaluator.samples_per_second:.0f} frames/s")
     cvs = [system.cv_values(run.positions_nm) for run in runs]
-    scale = np.pi / 180.0 if system.cv_units == "degrees" else 1.0
-    observables = [energies] + [[f(values[cv] * scale) for values in cvs] for cv in system.cvs for f in (np.cos, np.sin)]
-    # The state indicators are what ΔF averages (see replica_state_stage); only those that switch at all.
-    for state in system.states:
-        indicators = [state.contains(values).astype(float) for values in cvs]
-        if 0 < np.concatenate(indicators).mean() < 1:
-            observables.append(indicators)
-    inefficiency = max(runs_statistical_inefficiency(runs_of) for runs_of in observables)
+    # The observables of all files at once, then split back into one series per file.
+    ends = np.cumsum([len(energy) for energy in energies])[:-1]
+    pooled = inefficiency_observables(system, np.concatenate(energies),
+                                      {cv: np.concatenate([values[cv] for values in cvs]) for cv in system.cvs})
+    inefficiency = max(runs_statistical_inefficiency(np.split(observable, ends)) for observable in pooled)
     independent = []
     for energy in energies:
         flags = np.zeros(len(energy), dtype=np.int8)
