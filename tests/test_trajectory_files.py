@@ -9,12 +9,13 @@ import openmm.unit as unit
 import pytest
 import yaml
 
+from boltzflow.md import runs_statistical_inefficiency
 from boltzflow.physics_errors import InputFileError
 from boltzflow.stages.flow import validation_split
 from boltzflow.stages.mbar import mbar_stage
 from boltzflow.stages.md import trajectory_state_stage
 from boltzflow.systems import system_from_config
-from boltzflow.trajectory_files import read_trajectory, runs_statistical_inefficiency
+from boltzflow.trajectory_files import read_trajectory
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
 PDB = ROOT / "data/alanine_dipeptide.pdb"
@@ -166,6 +167,14 @@ def test_runs_of_unequal_length_give_the_ar1_inefficiency():
         rng = np.random.default_rng(seed)
         estimates.append(runs_statistical_inefficiency([_ar1(n, rho, rng) for n in (20000, 12000, 30000, 15000)]))
     assert abs(np.mean(estimates) / ((1 + rho) / (1 - rho)) - 1) < 0.1
+
+
+def test_one_run_gives_the_ar1_inefficiency():
+    # A single file or replica exchange run takes pymbar's one-series estimator; same truth, (1 + rho) / (1 - rho).
+    rho = 0.8
+    estimates = [runs_statistical_inefficiency([_ar1(60000, rho, np.random.default_rng(seed))]) for seed in range(4)]
+    assert abs(np.mean(estimates) / ((1 + rho) / (1 - rho)) - 1) < 0.1
+    assert runs_statistical_inefficiency([np.full(100, 2.0)]) == 1.0
 
 
 def test_a_run_stuck_in_one_state_counts_as_correlated():

@@ -259,6 +259,25 @@ class Decorrelated:
     statistical_inefficiency: float
 
 
+def runs_statistical_inefficiency(runs: list[np.ndarray]) -> float:
+    """Statistical inefficiency in frames (≥ 1) of one observable over independent runs of one ensemble.
+
+    Each run is a time series ([frame]): walkers of a toy, replica exchange runs, trajectory files. At
+    equilibrium they share one autocorrelation function, which ``pymbar.timeseries.statistical_inefficiency_multiple``
+    estimates from all of them at once, about the pooled mean: a run stuck in one basin (a constant
+    indicator) then counts as the long correlation it is. A single run takes pymbar's one-series estimator.
+    An observable constant over every run has no correlation time and constrains nothing (1).
+    """
+    from pymbar import timeseries
+
+    runs = [np.asarray(run, dtype=float) for run in runs]
+    if np.ptp(np.concatenate(runs)) == 0:
+        return 1.0
+    if len(runs) == 1:
+        return max(1.0, float(timeseries.statistical_inefficiency(runs[0], fast=False, mintime=3)))
+    return max(1.0, float(timeseries.statistical_inefficiency_multiple(runs, fast=False)))
+
+
 def decorrelate(system: Toy2DSystem, trajectory: Trajectory) -> Decorrelated:
     """Discard the detected transient and subsample by the statistical inefficiency (pymbar.timeseries)."""
     from pymbar import timeseries
@@ -278,8 +297,7 @@ def decorrelate(system: Toy2DSystem, trajectory: Trajectory) -> Decorrelated:
     # at once, which is far less noisy than from any single walker or from the walker average.
     # Its cost grows with the number of walkers, and 64 already pin it down well.
     subset = np.linspace(0, walkers - 1, min(walkers, WALKERS_FOR_INEFFICIENCY)).astype(int)
-    inefficiency = max(timeseries.statistical_inefficiency_multiple(list(obs[t0:, subset].T))
-                       for obs in observables)
+    inefficiency = max(runs_statistical_inefficiency(list(obs[t0:, subset].T)) for obs in observables)
     stride = max(1, int(np.ceil(inefficiency)))
     kept = np.arange(t0, frames, stride)
     return Decorrelated(

@@ -400,17 +400,7 @@ def statistical_inefficiencies(observables: list[np.ndarray], replica: np.ndarra
     states have higher energies) is not a correlation of the samples within a state, and would inflate
     the replica number.
     """
-    from pymbar import timeseries
-
-    def inefficiency(series: list[np.ndarray]) -> float:
-        # An observable that never moves in any run (e.g. a CV of rigid atoms) has no defined inefficiency; it
-        # constrains nothing. One that is constant within each run but differs between runs (runs stuck in
-        # different basins) is the slowest correlation there is: keep every series, about the pooled mean.
-        if np.ptp(np.concatenate(series)) == 0:
-            return 1.0
-        if len(series) == 1:
-            return float(timeseries.statistical_inefficiency(series[0], fast=False, mintime=3))
-        return float(timeseries.statistical_inefficiency_multiple(series, fast=False))
+    from boltzflow.md import runs_statistical_inefficiency as inefficiency
 
     replica = np.asarray(replica)
     replica = replica[None] if replica.ndim == 2 else replica

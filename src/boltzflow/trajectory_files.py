@@ -109,19 +109,3 @@ def _load(function, where: str, *args, **kwargs):
     except Exception as error:  # mdtraj and its plugins raise OSError, ValueError, IndexError, ...
         text = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise InputFileError(f"{where} cannot be read by mdtraj: {text}") from None
-
-
-def runs_statistical_inefficiency(runs: list[np.ndarray]) -> float:
-    """Statistical inefficiency in frames of one observable over independent runs of one ensemble.
-
-    Each run is a time series ([frame]); the runs share one autocorrelation function at equilibrium, which
-    ``pymbar.timeseries.statistical_inefficiency_multiple`` estimates from all of them at once, about the
-    pooled mean: a run stuck in one basin (a constant indicator) then counts as the long correlation it is.
-    An observable that is constant over every run has no correlation time and constrains nothing (1).
-    """
-    from pymbar import timeseries
-
-    runs = [np.asarray(run, dtype=float) for run in runs]
-    if np.ptp(np.concatenate(runs)) == 0:
-        return 1.0
-    return max(1.0, float(timeseries.statistical_inefficiency_multiple(runs, fast=False)))

@@ -227,14 +227,15 @@ def trajectory_state_stage(system, temperature_k: float, files: list[str], log=p
     potential whatever made the frames. Every frame is kept; ``independent`` marks one frame per statistical
     inefficiency g in each file, g being the largest over the energy, the cosine and sine of each CV and the
     indicator of each state (those that switch at all) of the inefficiency over the files as independent runs
-    (:func:`boltzflow.trajectory_files.runs_statistical_inefficiency`). ``trajectory`` (the index of the file
+    (:func:`boltzflow.md.runs_statistical_inefficiency`). ``trajectory`` (the index of the file
     in the ``file`` coordinate) and ``frame`` (its place in the file) let the training's validation split
     hold out the end of every file (:func:`boltzflow.stages.flow.validation_split`).
     """
     from pymbar import timeseries
 
+    from boltzflow.md import runs_statistical_inefficiency
     from boltzflow.molecules import EnergyEvaluator
-    from boltzflow.trajectory_files import read_trajectory, runs_statistical_inefficiency
+    from boltzflow.trajectory_files import read_trajectory
 
     key = f"systems.{system.name}.md.files.{temperature_k:g}"
     runs = [read_trajectory(path, system.pdb_path, key) for path in files]
