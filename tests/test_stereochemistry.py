@@ -7,7 +7,7 @@ import yaml
 from boltzflow.molecules import load_molecule
 from boltzflow.physics_errors import PhysicsError
 from boltzflow.stages.md import check_stereochemistry
-from boltzflow.stereochemistry import first_inversion, handedness, tetrahedral_centres
+from boltzflow.stereochemistry import chirality, first_inversion, handedness, tetrahedral_centres
 from boltzflow.systems import system_from_config
 from workflow_helpers import ROOT
 
@@ -64,3 +64,70 @@ def test_the_replica_exchange_stops_with_one_line_naming_atom_temperature_and_ti
     assert message.startswith("alanine_dipeptide: replica exchange run 2: ALA2 CA turned into its mirror image "
                               "at 600 K, 0.2 ps")
     assert "lower the top of the ladder" in message
+
+
+def _restraint_energy(force, positions_nm):
+    import openmm
+
+    system = openmm.System()
+    for _ in range(len(positions_nm)):
+        system.addParticle(12.0)
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions_nm)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+
+
+def test_the_chirality_restraint_is_zero_at_a_tetrahedron_k_when_planar_and_steep_in_the_mirror_image():
+    from boltzflow.molecules import CHIRALITY_RESTRAINT_KJ_MOL as K
+    from boltzflow.molecules import CHIRALITY_RESTRAINT_ONSET as ONSET
+    from boltzflow.molecules import chirality_restraint
+
+    # A regular tetrahedron around atom 0: the chirality of three of its unit vectors is 4 / (3 sqrt 3).
+    vertices = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float) / np.sqrt(3) * 0.11
+    x = np.vstack([np.zeros(3), vertices])
+    bonds = [(0, 1), (0, 2), (0, 3), (0, 4)]
+    chi = 4 / (3 * np.sqrt(3))
+    centres, neighbours = tetrahedral_centres(bonds, 5)
+    assert chirality(x, centres, neighbours)[0] == pytest.approx(chi)
+    assert _restraint_energy(chirality_restraint(bonds, x), x) == 0.0
+    planar = x.copy()
+    planar[0] = vertices[:3].mean(axis=0)  # the centre in the plane of atoms 1, 2, 3
+    assert _restraint_energy(chirality_restraint(bonds, x), planar) == pytest.approx(K, rel=1e-9)
+    mirror = x * np.array([-1.0, 1.0, 1.0])
+    assert _restraint_energy(chirality_restraint(bonds, x), mirror) == pytest.approx(K * (1 + chi / ONSET) ** 2, rel=1e-9)
+    # Restraining to the mirror image: the same numbers the other way round.
+    assert _restraint_energy(chirality_restraint(bonds, mirror), mirror) == 0.0
+    assert _restraint_energy(chirality_restraint(bonds, mirror), x) == pytest.approx(K * (1 + chi / ONSET) ** 2, rel=1e-9)
+
+
+def test_alanine_dipeptide_is_restrained_and_its_pdb_structure_feels_nothing(molecule):
+    import openmm
+
+    restraint = [force for force in molecule.system.getForces() if force.getName() == "ChiralityRestraint"]
+    assert len(restraint) == 1 and restraint[0].getNumBonds() == 4
+    context = openmm.Context(molecule.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(molecule.positions_nm)
+    on = context.getState(getEnergy=True).getPotentialEnergy()
+    context.setParameter("chirality_k", 0.0)
+    assert context.getState(getEnergy=True).getPotentialEnergy() == on
+    swapped = molecule.positions_nm.copy()
+    swapped[[HA, CB]] = molecule.positions_nm[[CB, HA]]
+    context.setPositions(swapped)
+    off = context.getState(getEnergy=True).getPotentialEnergy()
+    context.setParameter("chirality_k", 50.0)
+    assert (context.getState(getEnergy=True).getPotentialEnergy() - off).value_in_unit(openmm.unit.kilojoule_per_mole) > 500
+
+
+def test_imported_frames_of_the_mirror_image_are_refused_in_one_line(molecule):
+    from boltzflow.physics_errors import InputFileError
+    from boltzflow.stages.md import check_imported_stereochemistry
+
+    x = molecule.positions_nm
+    swapped = x.copy()
+    swapped[[HA, CB]] = x[[CB, HA]]
+    check_imported_stereochemistry(molecule, np.stack([x, x]), "md.files.300: 'a.dcd'")
+    with pytest.raises(InputFileError) as error:
+        check_imported_stereochemistry(molecule, np.stack([x, x, swapped]), "md.files.300: 'a.dcd'")
+    assert str(error.value) == ("md.files.300: 'a.dcd': ALA2 CA is the mirror image of the PDB's at frame 2; expected MD "
+                                "that keeps every tetrahedral centre's handedness (the PDB's)")

@@ -98,15 +98,62 @@ def load_molecule(
 
     positions_nm = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), dtype=np.float64)
     atoms = list(pdb.topology.atoms())
+    bonds = [(bond.atom1.index, bond.atom2.index) for bond in pdb.topology.bonds()]
+    restraint = chirality_restraint(bonds, positions_nm)
+    if restraint is not None:
+        system.addForce(restraint)
     return Molecule(
         topology=pdb.topology,
         system=system,
         positions_nm=positions_nm,
-        bonds=[(bond.atom1.index, bond.atom2.index) for bond in pdb.topology.bonds()],
+        bonds=bonds,
         heavy=np.array([atom.element is None or atom.element.symbol != "H" for atom in atoms]),
         n_atoms=len(atoms),
         pdb_path=pdb_path,
     )
+
+
+#: The chirality restraint acts where a centre's chirality (its signed volume over the product of its three
+#: bond lengths: about ±0.77 for a tetrahedron, 0 when planar) falls below this onset, as
+#: CHIRALITY_RESTRAINT_KJ_MOL x (1 - chirality / onset)²: that times 1 at planarity, times 12.7 at the mirror image.
+CHIRALITY_RESTRAINT_ONSET = 0.3
+CHIRALITY_RESTRAINT_KJ_MOL = 50.0
+
+
+def chirality_restraint(bonds: list[tuple[int, int]], positions_nm: np.ndarray) -> openmm.CustomCompoundBondForce | None:
+    """A flat-bottom restraint that keeps every tetrahedral centre in the handedness of ``positions_nm``
+    (see :mod:`boltzflow.stereochemistry` for why); None for a molecule without such centres.
+
+    For each centre c with lowest-numbered neighbours a, b, d, the chirality
+    χ = (a-c)·((b-c)×(d-c)) / (|a-c| |b-c| |d-c|) is about ±0.77 at the tetrahedral geometry, 0 when c
+    is planar and of the other sign in the mirror image; s is its sign in the PDB structure. The energy
+    is K (1 - s χ / 0.3)² where s χ < 0.3 and 0 elsewhere: 50 kJ/mol at planarity and 640 kJ/mol in the
+    mirror image, so no replica can invert. The onset needs all three substituents bent about 13° towards
+    planarity at once (about 39 kJ/mol, 16 kT at 300 K, for alanine's methyl groups), so thermal motion at
+    the target temperature does not reach it and the target ensemble is the force field's; the wall is
+    soft enough (K = 50 kJ/mol) for 2 fs steps. Every energy of the molecule (MD, MBAR, the models'
+    weights) includes it.
+    """
+    from boltzflow.stereochemistry import chirality, tetrahedral_centres
+
+    centres, neighbours = tetrahedral_centres(bonds, len(positions_nm))
+    if not len(centres):
+        return None
+    reference = chirality(positions_nm, centres, neighbours)
+    distances = "distance(p1,p2)*distance(p1,p3)*distance(p1,p4)"
+    volume = ("(x2-x1)*((y3-y1)*(z4-z1)-(z3-z1)*(y4-y1)) - (y2-y1)*((x3-x1)*(z4-z1)-(z3-z1)*(x4-x1))"
+              " + (z2-z1)*((x3-x1)*(y4-y1)-(y3-y1)*(x4-x1))")
+    force = openmm.CustomCompoundBondForce(
+        4, f"chirality_k*step(excess)*excess^2; excess = 1 - chi/onset; chi = ({volume})/({distances})")
+    force.addGlobalParameter("chirality_k", CHIRALITY_RESTRAINT_KJ_MOL)
+    force.addPerBondParameter("onset")  # s * 0.3
+    force.setName("ChiralityRestraint")
+    for centre, (a, b, d), chi in zip(centres, neighbours, reference):
+        if abs(chi) < 1.5 * CHIRALITY_RESTRAINT_ONSET:
+            raise MoleculeError(f"molecule.pdb: atom {centre} and its bonded atoms {a}, {b}, {d} are nearly coplanar in "
+                                f"the PDB structure (chirality {chi:.2f}, a tetrahedron has ±0.77); it needs a 3D structure")
+        force.addBond([int(centre), int(a), int(b), int(d)], [float(np.sign(chi)) * CHIRALITY_RESTRAINT_ONSET])
+    return force
 
 
 def _read_pdb(pdb_path: Path) -> app.PDBFile:

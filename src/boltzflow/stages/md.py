@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from boltzflow.md import decorrelate, run_langevin
-from boltzflow.physics_errors import PhysicsError
+from boltzflow.physics_errors import InputFileError, PhysicsError
 from boltzflow.settings import LangevinSettings
 from boltzflow.stages.datasets import variable
 
@@ -127,6 +127,21 @@ def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: n
             "both mirror images: lower the top of the ladder")
 
 
+def check_imported_stereochemistry(molecule, positions_nm: np.ndarray, where: str) -> None:
+    """Raise a one-line :class:`InputFileError` if a tetrahedral centre of imported frames ([frame, atom, 3]) has
+    the other handedness than in the system's PDB: the molecule's energy restrains every centre to the PDB's
+    (:func:`boltzflow.molecules.chirality_restraint`), so such frames belong to another ensemble."""
+    from boltzflow.molecules import atom_label
+    from boltzflow.stereochemistry import first_inversion, tetrahedral_centres
+
+    centres, neighbours = tetrahedral_centres(molecule.bonds, molecule.n_atoms)
+    inversion = first_inversion(positions_nm, molecule.positions_nm, centres, neighbours)
+    if inversion is not None:
+        (frame,), atom = inversion
+        raise InputFileError(f"{where}: {atom_label(molecule.topology, atom)} is the mirror image of the PDB's at frame "
+                             f"{frame}; expected MD that keeps every tetrahedral centre's handedness (the PDB's)")
+
+
 def replica_state_stage(system, runs: list[xr.Dataset], temperature_k: float, log=print) -> xr.Dataset:
     """One temperature of independent replica exchange runs of one ladder, pooled, in the per-temperature
     MD contract.
@@ -202,7 +217,6 @@ def check_flexible_hydrogen_bonds(molecule, positions_nm: np.ndarray, what: str)
     """Raise a one-line :class:`~boltzflow.physics_errors.InputFileError` if the frames ([frame, atom, 3])
     come from MD with constrained bonds to hydrogen: they sample another ensemble than the flexible one
     that MBAR, the models and the reweighting use (the ``constraints: none`` rule, for imported MD)."""
-    from boltzflow.physics_errors import InputFileError
 
     hydrogen_bonds = [(a, b) for a, b in molecule.bonds if not (molecule.heavy[a] and molecule.heavy[b])]
     if not hydrogen_bonds or len(positions_nm) < MIN_FRAMES_FOR_BOND_SPREAD:
@@ -242,6 +256,7 @@ def trajectory_state_stage(system, temperature_k: float, files: list[str], log=p
     molecule = system.load_molecule()
     for run in runs:
         check_flexible_hydrogen_bonds(molecule, run.positions_nm, f"{key}: '{run.path}'")
+        check_imported_stereochemistry(molecule, run.positions_nm, f"{key}: '{run.path}'")
     energies = []
     with EnergyEvaluator(molecule, platform="Reference", n_workers=workers) as evaluator:
         for run in runs:
