@@ -349,3 +349,56 @@ def test_ess_monitor_follows_training_without_changing_it():
     # A standard normal start is far from the correlated target; the fit brings ESS/N close to 1.
     assert 0 < monitored["ess_fraction"][0] < monitored["ess_fraction"][-1]
     assert monitored["ess_fraction"][-1] > 0.9
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation_record():
+    # 60 training points and a flexible flow at a high learning rate: the validation NLL turns up (overfitting).
+    generator = torch.Generator().manual_seed(21)
+    data = torch.randn(80, 2, generator=generator) * torch.tensor([1.0, 0.3])
+
+    def run(patience):
+        torch.manual_seed(4)
+        flow = SplineCouplingFlow(2, n_layers=4, hidden=64)
+        curves = train_flow(flow, data, steps=600, batch_size=60, learning_rate=2e-2, validation_fraction=0.25,
+                            log=_silent, log_every=20, patience=patience)
+        return flow, curves
+
+    _, full = run(0)
+    best = int(np.nanargmin(full["validation_nll"]))
+    assert full["validation_nll"][-1] > full["validation_nll"][best] + 0.1  # it does overfit
+    flow, stopped = run(3)
+    # Stopped 3 records after the best, with the same records up to there, and the best record's weights.
+    np.testing.assert_array_equal(stopped["step"], full["step"][:best + 4])
+    np.testing.assert_allclose(stopped["validation_nll"], full["validation_nll"][:best + 4])
+    with torch.no_grad():
+        validation_nll = -flow.log_prob(data[60:]).mean().item()
+    assert validation_nll == pytest.approx(full["validation_nll"][best], abs=1e-5)
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(ValueError, match="validation"):
+        train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), torch.randn(50, 2), steps=5, validation_fraction=0.0,
+                   patience=2, log=_silent)
+
+
+def test_interrupted_training_with_a_replay_buffer_resumes_bit_for_bit(tmp_path):
+    from boltzflow.training import BufferSettings
+
+    _, _, energy, _ = _gaussian_energy()
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
+    settings = dict(reduced_energy=energy, steps=40, batch_size=32, seed=3, log_every=5,
+                    buffer=BufferSettings(weight=1.0, samples=64, refresh_every=7, size=200))
+
+    def fresh():
+        torch.manual_seed(99)
+        return SplineCouplingFlow(2, n_layers=2, hidden=8)
+
+    checkpoint = tmp_path / "flow.checkpoint"
+    reference, expected, resumed, curves, messages = train_killed_and_resumed(
+        lambda model, **kw: train_flow(model, data, **kw, **settings), fresh, checkpoint)
+    assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
+    for key in expected:
+        np.testing.assert_array_equal(curves[key], expected[key])
+    assert np.isfinite(curves["buffer_nll"]).all()
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -384,13 +384,20 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
     terms = [("negative log-likelihood", "nats per sample", ["train_nll", "validation_nll"])]
     if np.isfinite(curves["reverse_kl"].values).any():
         terms.append(("reverse-KL (energy) term", "nats per sample", ["reverse_kl"]))
+    if "buffer_nll" in curves and np.isfinite(curves["buffer_nll"].values).any():
+        terms.append(("replay-buffer NLL (forward KL to p)", "nats per sample", ["buffer_nll"]))
     fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4.4 * (len(terms) + 1), 3.5), layout="constrained")
     _loss_panels(axes[:-1], curves, terms)
     ax_ess = axes[-1]
     if "ess_fraction" in curves:
-        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour("flow"))
+        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour("flow"),
+                    label="monitor samples (fixed noise)")
+    if "buffer_ess_fraction" in curves and np.isfinite(curves["buffer_ess_fraction"].values).any():
+        ax_ess.plot(curves["step"], curves["buffer_ess_fraction"], color="0.4", linestyle="--",
+                    label="replay buffer (all its samples)")
+        ax_ess.legend(frameon=False, fontsize=7, loc="lower right")
     ax_ess.set_yscale("log")
-    ax_ess.set_title("ESS / N of the monitor samples", fontsize=9)
+    ax_ess.set_title("ESS / N over training", fontsize=9)
     ax_ess.set_xlabel("optimizer step")
     ax_ess.set_ylabel("ESS / N")
     return fig

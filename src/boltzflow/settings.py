@@ -38,7 +38,8 @@ def from_block(cls: type[T], block: Mapping[str, Any]) -> T:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """The ``flow`` block: a spline coupling flow and its training (maximum likelihood, optional reverse KL)."""
+    """The ``flow`` block: a spline coupling flow and its training: maximum likelihood (optional reverse KL,
+    optional early stopping), then an optional energy-based refinement (``refine_steps`` > 0)."""
 
     n_layers: int = 8
     hidden: int = 64
@@ -49,6 +50,16 @@ class FlowSettings:
     batch_size: int = 512
     learning_rate: float = 0.003
     energy_weight: float = 0.0
+    energy_batch_size: int = 256
+    early_stopping_patience: int = 0
+    refine_steps: int = 0
+    refine_learning_rate: float = 0.001
+    refine_energy_weight: float = 1.0
+    refine_energy_batch_size: int = 256
+    refine_buffer_weight: float = 0.0
+    refine_buffer_samples: int = 2048
+    refine_buffer_refresh_every: int = 50
+    refine_buffer_size: int = 50000
     validation_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"

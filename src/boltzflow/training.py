@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +63,8 @@ def train(
     skip_nonfinite_steps: bool = False,
     checkpoint_path: str | Path | None = None,
     checkpoint_settings=None,
+    patience: int = 0,
+    monitor: str = "validation_nll",
 ) -> dict[str, np.ndarray]:
     """Minimize ``objective`` over the parameters of ``model`` in place; the model is left in eval mode.
 
@@ -81,17 +84,23 @@ def train(
     arguments resumes from it and ends bit for bit where an uninterrupted run ends (on the same device);
     the file is removed at the end. ``checkpoint_settings`` (JSON-like) must describe everything else
     the run depends on (data, batch sizes, ...): a checkpoint written with other settings is ignored.
+
+    Early stopping (``patience`` > 0): the record value ``monitor`` (lower is better; NaN never counts as
+    better) is followed; the run stops once ``patience`` records in a row have not improved on the best,
+    and the model is left with the weights of the best record. The records stop there too.
     """
     _check_schedule(steps, log_every)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
-    state = _TrainingState(model, optimizer, scheduler, objective.generators)
+    state = _TrainingState(model, optimizer, scheduler, objective.generators, objective)
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0, got {patience}")
 
     checkpoint = None
     if checkpoint_path is not None:
         settings = [steps, learning_rate, seed, log_every, max_grad_norm, skip_nonfinite_steps,
-                    getattr(model, "config", None), checkpoint_settings]
+                    getattr(model, "config", None), checkpoint_settings, patience, monitor]
         checkpoint = Checkpoint(checkpoint_path, settings, format="torch")
         saved = checkpoint.load()
         if saved is not None:
@@ -129,9 +138,22 @@ def train(
             message += f"  {skipped} steps skipped (non-finite gradient)"
         log(message + f"  lr {current_lr:.2e}  {elapsed:.1f} s elapsed, ETA {eta:.1f} s")
         skipped = 0
+        if patience:
+            value = float(values[monitor])
+            if value < state.best_value:  # False for NaN
+                state.best_value, state.best_step, state.records_since_best = value, step, 0
+                state.best_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            else:
+                state.records_since_best += 1
+            if state.records_since_best >= patience:
+                log(f"  early stopping at step {step}: {monitor} has not improved for {patience} records; "
+                    f"keeping the weights of step {state.best_step} ({monitor} {state.best_value:.4f})")
+                break
         if checkpoint is not None and step < steps:
             checkpoint.save(state.snapshot())
 
+    if patience and state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
     model.eval()
     if checkpoint is not None:
         checkpoint.remove()
@@ -153,16 +175,23 @@ def _as_array(values: list) -> np.ndarray:
 class _TrainingState:
     """Everything a resumed run needs: steps done, weights, optimizer, schedule, random streams, records."""
 
-    def __init__(self, model, optimizer, scheduler, generators: dict[str, torch.Generator]):
+    def __init__(self, model, optimizer, scheduler, generators: dict[str, torch.Generator], objective=None):
         self.model, self.optimizer, self.scheduler, self.generators = model, optimizer, scheduler, generators
+        # An objective with state of its own (a replay buffer) has state_dict/load_state_dict.
+        self.objective = objective if hasattr(objective, "state_dict") else None
         self.step = 0
         self.records: dict[str, list] = {}
+        # Early stopping: the best record so far and its weights.
+        self.best_value, self.best_step, self.records_since_best = math.inf, 0, 0
+        self.best_weights: dict | None = None
 
     def snapshot(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "generators": {name: g.get_state() for name, g in self.generators.items()},
-                "torch_rng": torch.get_rng_state(), "records": self.records}
+                "torch_rng": torch.get_rng_state(), "records": self.records,
+                "best": [self.best_value, self.best_step, self.records_since_best], "best_weights": self.best_weights,
+                "objective": self.objective.state_dict() if self.objective is not None else None}
 
     def restore(self, saved: dict) -> None:
         self.step = saved["step"]
@@ -173,6 +202,10 @@ class _TrainingState:
             generator.set_state(saved["generators"][name])
         torch.set_rng_state(saved["torch_rng"])
         self.records = saved["records"]
+        self.best_value, self.best_step, self.records_since_best = saved["best"]
+        self.best_weights = saved["best_weights"]
+        if self.objective is not None:
+            self.objective.load_state_dict(saved["objective"])
 
 
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -198,8 +231,22 @@ def training_data(data, model: torch.nn.Module, min_samples: int) -> torch.Tenso
 # Flows
 
 #: The curves ``train_flow`` returns, in this order.
-FLOW_CURVES = ("step", "train_nll", "validation_nll", "reverse_kl", "ess_fraction", "learning_rate",
-               "nonfinite_energy", "skipped_steps")
+FLOW_CURVES = ("step", "train_nll", "validation_nll", "reverse_kl", "buffer_nll", "buffer_ess_fraction",
+               "ess_fraction", "learning_rate", "nonfinite_energy", "skipped_steps")
+
+
+@dataclass(frozen=True)
+class BufferSettings:
+    """Self-training on the flow's own importance-weighted samples (a replay buffer), see :func:`train_flow`.
+
+    ``weight`` multiplies the buffer's NLL term (0: off); every ``refresh_every`` steps ``samples`` new flow
+    samples are added; the newest ``size`` are kept.
+    """
+
+    weight: float = 0.0
+    samples: int = 2048
+    refresh_every: int = 50
+    size: int = 50000
 
 
 def train_flow(
@@ -218,6 +265,8 @@ def train_flow(
     log_every: int = 100,
     checkpoint_path: str | Path | None = None,
     ess_samples: int = 0,
+    patience: int = 0,
+    buffer: BufferSettings | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit ``model`` (a flow with ``log_prob``, ``forward``, ``base_log_prob`` and ``sample_base``) to
     ``data`` in place.
@@ -263,13 +312,28 @@ def train_flow(
     ends bit for bit where an uninterrupted run ends (on the same device); the file is removed at the
     end. A checkpoint written with other arguments is ignored. Without it, no files are touched.
 
+    With ``buffer`` (weight > 0, needs ``reduced_energy``): self-training on the flow's own samples. Every
+    ``buffer.refresh_every`` steps, ``buffer.samples`` flow samples enter a replay buffer with their
+    log-weights log w = -u - log q_old (q_old: the flow that drew them; a valid importance weight whatever
+    the flow becomes, so the buffer is a weighted sample of p); each step adds ``buffer.weight`` × the NLL
+    of ``batch_size`` buffer samples resampled with probability ∝ w, an unbiased minibatch estimate of
+    the forward KL to p (up to a constant), which, unlike the MD frames, never runs out. Needs only
+    energies, no forces. Records ``buffer_nll`` and the buffer's Kish ``buffer_ess_fraction`` (NaN if off).
+
+    With ``patience`` > 0, training stops early once the validation NLL has not improved for ``patience``
+    records in a row, and the model keeps the weights of its best record (:func:`train`).
+
     The model is left in eval mode.
     """
     _check_schedule(steps, log_every)
+    if patience and validation_fraction == 0:
+        raise ValueError("early stopping (patience > 0) needs a validation split")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if energy_weight > 0 and reduced_energy is None:
         raise ValueError("energy_weight > 0 needs a reduced_energy")
+    if buffer is not None and buffer.weight > 0 and reduced_energy is None:
+        raise ValueError("a replay buffer needs a reduced_energy")
     data = training_data(data, model, min_samples=2)
 
     n_validation = validation_count(len(data), validation_fraction)
@@ -277,11 +341,13 @@ def train_flow(
     objective = _FlowObjective(
         model, train_split, validation, batch_size=batch_size,
         reduced_energy=reduced_energy if energy_weight > 0 else None, energy_weight=energy_weight,
-        energy_batch_size=energy_batch_size, monitor_energy=reduced_energy, ess_samples=ess_samples, seed=seed)
-    settings = [batch_size, energy_weight, energy_batch_size, validation_fraction, *data.shape, float(data.sum())]
+        energy_batch_size=energy_batch_size, monitor_energy=reduced_energy, ess_samples=ess_samples, seed=seed,
+        buffer=buffer)
+    settings = [batch_size, energy_weight, energy_batch_size, validation_fraction, *data.shape, float(data.sum()),
+                None if buffer is None else list(vars(buffer).values())]
     curves = train(model, objective, steps=steps, learning_rate=learning_rate, seed=seed, log=log,
                    log_every=log_every, max_grad_norm=MAX_GRAD_NORM, skip_nonfinite_steps=True,
-                   checkpoint_path=checkpoint_path, checkpoint_settings=settings)
+                   checkpoint_path=checkpoint_path, checkpoint_settings=settings, patience=patience)
     return {name: curves[name] for name in FLOW_CURVES}
 
 
@@ -300,8 +366,12 @@ class _FlowObjective:
     """
 
     def __init__(self, model, train_split, validation, *, batch_size, reduced_energy, energy_weight,
-                 energy_batch_size, monitor_energy, ess_samples, seed):
+                 energy_batch_size, monitor_energy, ess_samples, seed, buffer: BufferSettings | None = None):
         self.model, self.train_split, self.validation = model, train_split, validation
+        self.buffer = buffer if buffer is not None and buffer.weight > 0 else None
+        self.buffer_x = train_split.new_empty((0, train_split.shape[1]))
+        self.buffer_log_w = torch.empty(0, dtype=torch.float64, device=train_split.device)
+        self.steps_taken = 0
         self.batch_size, self.energy_batch_size = batch_size, energy_batch_size
         self.reduced_energy, self.energy_weight = reduced_energy, energy_weight
         self.monitor_energy, self.ess_samples, self.seed = monitor_energy, ess_samples, seed
@@ -310,12 +380,51 @@ class _FlowObjective:
         # Separate streams, so that e.g. switching the energy term on does not change the minibatches.
         self.generators = {"batch": torch.Generator(device=device).manual_seed(seed + 1),
                            "sample": torch.Generator(device=device).manual_seed(seed + 2)}
+        if self.buffer is not None:
+            self.generators["buffer"] = torch.Generator(device=device).manual_seed(seed + 4)
         self._reset()
 
     def _reset(self) -> None:
         self.nll_sum, self.nll_count = 0.0, 0
         self.rkl_sum, self.rkl_count = 0.0, 0
+        self.buffer_nll_sum, self.buffer_nll_count = 0.0, 0
         self.nonfinite = 0
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs beyond the model and the generators: the replay buffer."""
+        return {"buffer_x": self.buffer_x, "buffer_log_w": self.buffer_log_w, "steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer_x, self.buffer_log_w = state["buffer_x"], state["buffer_log_w"]
+        self.steps_taken = state["steps_taken"]
+
+    @torch.no_grad()
+    def _refresh_buffer(self) -> None:
+        """Add ``buffer.samples`` flow samples with their log-weights -u - log q; keep the newest ``buffer.size``.
+
+        Each sample keeps the weight of the flow that drew it: p/q_old is a valid importance weight of a
+        sample of q_old whatever the flow becomes, so the pooled buffer is a weighted sample of p.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        x, log_q = self.model.sample(self.buffer.samples, generator=self.generators["buffer"])
+        self.model.train(was_training)
+        log_w = -self.monitor_energy(x.to(torch.float64)).to(torch.float64) - log_q.to(torch.float64)
+        finite = torch.isfinite(log_w) & torch.isfinite(x).all(dim=-1)
+        self.nonfinite += int((~finite).sum().item())
+        self.buffer_x = torch.cat([self.buffer_x, x[finite].to(self.dtype)])[-self.buffer.size:]
+        self.buffer_log_w = torch.cat([self.buffer_log_w, log_w[finite]])[-self.buffer.size:]
+
+    def _buffer_nll(self) -> torch.Tensor | None:
+        """Forward KL to p on the buffer: NLL of samples resampled with probability ∝ their weights."""
+        if self.steps_taken % self.buffer.refresh_every == 0:
+            self._refresh_buffer()
+        self.steps_taken += 1
+        if not len(self.buffer_log_w):
+            return None
+        probabilities = torch.softmax(self.buffer_log_w, dim=0)
+        idx = torch.multinomial(probabilities, self.batch_size, replacement=True, generator=self.generators["buffer"])
+        return -self.model.log_prob(self.buffer_x[idx]).mean()
 
     def loss(self) -> torch.Tensor:
         n_train = self.train_split.shape[0]
@@ -331,6 +440,12 @@ class _FlowObjective:
                 loss = loss + self.energy_weight * rkl.to(self.dtype)
                 self.rkl_sum += rkl.item()
                 self.rkl_count += 1
+        if self.buffer is not None:
+            buffer_nll = self._buffer_nll()
+            if buffer_nll is not None:
+                loss = loss + self.buffer.weight * buffer_nll
+                self.buffer_nll_sum += buffer_nll.item()
+                self.buffer_nll_count += 1
         self.nll_sum += nll.item()
         self.nll_count += 1
         return loss
@@ -340,13 +455,18 @@ class _FlowObjective:
         train_nll = self.nll_sum / self.nll_count
         rkl_mean = self.rkl_sum / self.rkl_count if self.rkl_count else math.nan
         ess = _flow_ess_fraction(self.model, self.monitor_energy, self.ess_samples, self.seed)
+        buffer_nll = self.buffer_nll_sum / self.buffer_nll_count if self.buffer_nll_count else math.nan
+        buffer_ess = ess_fraction(self.buffer_log_w.cpu().numpy()) if len(self.buffer_log_w) else math.nan
         values = {"train_nll": train_nll, "validation_nll": val_nll, "reverse_kl": rkl_mean,
+                  "buffer_nll": buffer_nll, "buffer_ess_fraction": buffer_ess,
                   "ess_fraction": ess, "nonfinite_energy": self.nonfinite}
         summary = f"train NLL {train_nll:.4f}  val NLL {val_nll:.4f}"
         if self.reduced_energy is not None:
             summary += f"  reverse KL {rkl_mean:.4f}"
-            if self.nonfinite:
-                summary += f" ({self.nonfinite} non-finite energies dropped)"
+        if self.buffer is not None:
+            summary += f"  buffer NLL {buffer_nll:.4f} (buffer {len(self.buffer_log_w)}, ESS/N {buffer_ess:.3f})"
+        if self.nonfinite:
+            summary += f" ({self.nonfinite} non-finite energies dropped)"
         if math.isfinite(ess):
             summary += f"  ESS/N {ess:.4f}"
         self._reset()

@@ -51,14 +51,21 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
 
     Maximum likelihood on the model coordinates, standardized by the data mean and standard deviation
     (circular coordinates: by their circular mean), plus ``energy_weight`` × the reverse KL to the
-    model-coordinate target u(x(y)) - J(y) when ``energy_weight > 0``. The target energy also feeds the
-    ESS monitor at every record. With ``checkpoint_path`` an interrupted training resumes where it stopped.
+    model-coordinate target u(x(y)) - J(y) when ``energy_weight > 0``, stopped early when the validation
+    NLL has not improved for ``early_stopping_patience`` records (keeping the best weights). Then, with
+    ``refine_steps > 0``, an energy-based refinement: ``refine_steps`` more steps of the same loss with
+    ``refine_energy_weight`` (reverse KL with the target's energies and forces; the NLL term keeps every
+    basin of the data) plus ``refine_buffer_weight`` × the NLL of the flow's own importance-weighted
+    samples (a replay buffer, :class:`boltzflow.training.BufferSettings`), its own learning rate and
+    cosine schedule; its records continue the step count.
+    The target energy also feeds the ESS monitor at every record. With ``checkpoint_path`` an interrupted
+    training resumes where it stopped.
     """
     import torch
 
     from boltzflow.flows import MixedSplineCouplingFlow, SplineCouplingFlow
     from boltzflow.generators import FlowGenerator
-    from boltzflow.training import train_flow
+    from boltzflow.training import BufferSettings, train_flow
 
     device = select_device(settings.device, log=log)
     torch.manual_seed(settings.seed)
@@ -79,16 +86,45 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     log(f"training a flow on {len(data)} MD samples at {system.target_temperature_k:g} K: {data.shape[1]} model "
         f"coordinates ({int(circular.sum())} circular), {sum(p.numel() for p in flow.parameters())} parameters")
 
+    phases = [dict(steps=settings.steps, learning_rate=settings.learning_rate, energy_weight=settings.energy_weight,
+                   energy_batch_size=settings.energy_batch_size, patience=settings.early_stopping_patience,
+                   seed=settings.seed, checkpoint=checkpoint_path, buffer=None)]
+    if settings.refine_steps:
+        # Energy-based refinement: its own cosine schedule and random streams; a job killed here redoes the
+        # (deterministic) maximum-likelihood phase, then resumes the refinement from its own checkpoint.
+        phases.append(dict(steps=settings.refine_steps, learning_rate=settings.refine_learning_rate,
+                           energy_weight=settings.refine_energy_weight,
+                           energy_batch_size=settings.refine_energy_batch_size, patience=0, seed=settings.seed + 10,
+                           checkpoint=f"{checkpoint_path}.refine" if checkpoint_path is not None else None,
+                           buffer=BufferSettings(weight=settings.refine_buffer_weight,
+                                                 samples=settings.refine_buffer_samples,
+                                                 refresh_every=settings.refine_buffer_refresh_every,
+                                                 size=settings.refine_buffer_size)))
+    curves = None
     with system.energy(energy_workers) as reduced_energy:
-        curves = train_flow(
-            flow.to(device), data.to(device),
-            reduced_energy=coordinates.coordinate_map.reduced_energy_internal(reduced_energy),
-            ess_samples=ESS_MONITOR_SAMPLES, steps=settings.steps, batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate, energy_weight=settings.energy_weight,
-            validation_fraction=settings.validation_fraction, seed=settings.seed, log=log,
-            checkpoint_path=checkpoint_path)
+        for number, phase in enumerate(phases):
+            if len(phases) > 1:
+                log(f"phase {number + 1}/{len(phases)}: "
+                    + ("maximum likelihood" if number == 0 else "energy-based refinement")
+                    + f", {phase['steps']} steps, energy_weight {phase['energy_weight']:g}"
+                    + (f", buffer_weight {phase['buffer'].weight:g}" if phase["buffer"] else ""))
+            phase_curves = train_flow(
+                flow.to(device), data.to(device),
+                reduced_energy=coordinates.coordinate_map.reduced_energy_internal(reduced_energy),
+                ess_samples=ESS_MONITOR_SAMPLES, steps=phase["steps"], batch_size=settings.batch_size,
+                learning_rate=phase["learning_rate"], energy_weight=phase["energy_weight"],
+                energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
+                validation_fraction=settings.validation_fraction, seed=phase["seed"], log=log,
+                checkpoint_path=phase["checkpoint"], buffer=phase["buffer"])
+            curves = phase_curves if curves is None else _append_curves(curves, phase_curves)
     generator.flow = flow.cpu()
     return generator, curves
+
+
+def _append_curves(first: dict, second: dict) -> dict:
+    """The records of two training phases as one run: the second's steps continue the first's."""
+    offset = first["step"][-1]
+    return {name: np.concatenate([first[name], second[name] + (offset if name == "step" else 0)]) for name in first}
 
 
 def save_flow(generator, path) -> None:
@@ -136,6 +172,10 @@ def curves_dataset(curves: dict) -> xr.Dataset:
                                        "validation negative log-likelihood per sample"),
             "reverse_kl": variable("step", curves["reverse_kl"], "1",
                                    "reverse KL term E_q[u + ln q] (up to ln Z; NaN if unused)"),
+            "buffer_nll": variable("step", curves["buffer_nll"], "1",
+                                   "NLL of importance-resampled replay-buffer samples (NaN if unused)"),
+            "buffer_ess_fraction": variable("step", curves["buffer_ess_fraction"], "1",
+                                            "Kish ESS / N of the replay buffer's weights (NaN if unused)"),
             "ess_fraction": variable("step", curves["ess_fraction"], "1",
                                      "Kish ESS / N of monitor samples from the flow at that step"),
             "learning_rate": variable("step", curves["learning_rate"], "1", "learning rate"),
