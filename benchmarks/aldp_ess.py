@@ -1,18 +1,28 @@
-"""Alanine dipeptide: ESS/N of the Boltzmann generator against training CPU-minutes.
+"""Alanine dipeptide: ESS/N of the Boltzmann generator for each training scheme, against CPU time and
+target-energy evaluations, beside published anchors.
 
     python benchmarks/aldp_ess.py --md results/alanine_dipeptide/md/300K.nc [--config config/config.yaml]
-                                  [--steps N] [--samples 20000]
+                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer]
+                                  [--samples 100000] [--log-curves]
 
-Trains the flow exactly as the train_flow rule does (the config's flow settings, on every recorded MD frame
-of the target temperature, produced by the workflow), and prints after every record of the training the CPU
-minutes used so far and the ESS/N of the fixed monitor samples; then the raw and trimmed ESS/N of
-``--samples`` fresh samples, as the sample_flow and reweight rules compute them. One process, one thread.
+Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
+of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
+(SCHEMES below; ``default`` is the config as it is), then draws ``--samples`` fresh samples as sample_flow
+does. Printed per scheme: training CPU seconds (this process, one thread), target-energy evaluations
+during training (OpenMM energies of flow samples: reverse KL, replay buffer and the ESS monitor; the MD's
+own force evaluations are counted apart, below), the raw and trimmed ESS/N (Kish, normalized:
+(Σw)² / (N Σw²) over all N samples, zero-weight samples included), and the reweighted ΔF of the second
+state against the first (no error bar here: the pipeline's reweight rule gives it with one), beside the
+anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas × runs) and are not
+counted here.
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -25,45 +35,87 @@ from boltzflow.systems import system_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Overrides of the config's flow block, by scheme name.
+SCHEMES = {
+    "default": {},
+    "ml": {"energy_weight": 0.0, "refine_steps": 0},
+    "ml_early_stop": {"energy_weight": 0.0, "refine_steps": 0, "steps": 3000, "early_stopping_patience": 5},
+    "ml_rkl": {"energy_weight": 0.1, "refine_steps": 0},
+    "refine_rkl": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 1.0,
+                   "refine_learning_rate": 3e-4, "refine_buffer_weight": 0.0},
+    "refine_buffer": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 0.0,
+                      "refine_learning_rate": 3e-4, "refine_buffer_weight": 1.0},
+}
+
+#: Published ESS/N for alanine dipeptide in implicit solvent, internal-coordinate spline flows (Table 1 of
+#: von Klitzing et al., Constrained Mass Transport; the energy-trained ones at about 1e8 target evaluations).
+ANCHORS = [("CMT", 0.977, 1e8), ("TA-BG", 0.958, 1e8), ("FAB", 0.948, 1e8), ("reverse KL", 0.941, 1e8),
+           ("maximum likelihood, long MD", 0.821, None)]
+
+
+class CountingSystem:
+    """The system, with a count of the target-energy evaluations made through ``energy()``."""
+
+    def __init__(self, system):
+        self._system, self.evaluations = system, 0
+
+    def __getattr__(self, name):
+        return getattr(self._system, name)
+
+    @contextlib.contextmanager
+    def energy(self, workers: int = 1):
+        with self._system.energy(workers) as reduced_energy:
+            def counted(x):
+                self.evaluations += int(x.shape[0])
+                return reduced_energy(x)
+            yield counted
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--md", required=True, help="the target-temperature MD file of a workflow run")
     parser.add_argument("--config", default=str(ROOT / "config/config.yaml"))
     parser.add_argument("--system", default="alanine_dipeptide")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
-    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    parser.add_argument("--samples", type=int, default=100000)
+    parser.add_argument("--log-curves", action="store_true", help="print every training record")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     config = validate_config(yaml.safe_load(Path(args.config).read_text()), load_schema(ROOT / "config/schema.yaml"))
     system_config = config["systems"][args.system]
     system_config["pdb"] = str(ROOT / system_config["pdb"])
-    flow = {**system_config["flow"], "device": "cpu"}
-    if args.steps:
-        flow["steps"] = args.steps
-    system = system_from_config(args.system, system_config)
     md = read_netcdf(args.md)
+    states = system_from_config(args.system, system_config).states
+    print(f"{args.system}: {md.sizes['sample']} MD frames at the target temperature")
+    rows = []
+    for name in args.schemes:
+        flow = {**system_config["flow"], **SCHEMES[name], "device": "cpu"}
+        system = CountingSystem(system_from_config(args.system, system_config))
+        start = time.process_time()
+        log = print if args.log_curves else (lambda message: None)
+        model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log)
+        cpu = time.process_time() - start
+        evaluations = system.evaluations
+        sampling = {**system_config["sampling"], "n_samples": args.samples, "device": "cpu"}
+        samples = sample_flow_stage(system, model, from_block(SamplingSettings, sampling), log=lambda _: None)
+        log_w = samples["log_w"].values
+        trimmed = estimators.trimmed_log_weights(log_w, system_config["analysis"]["trim_fraction"])
+        cvs = {cv: samples["cv_values"].sel(cv=cv).values for cv in samples["cv"].values}
+        w = np.exp(log_w - np.nanmax(log_w))
+        w[~np.isfinite(w)] = 0.0
+        populations = [w[state.contains(cvs)].sum() for state in states[:2]]
+        delta_f = f"{-np.log(populations[1] / populations[0]):.2f}" if min(populations) > 0 else "–"
+        rows.append((name, cpu, evaluations, estimators.ess_fraction(log_w), estimators.ess_fraction(trimmed), delta_f))
+        print(f"  {name}: {cpu:.0f} CPU s, ESS/N {rows[-1][3]:.4f}", flush=True)
 
-    cpu_at_record = []
-    start = time.process_time()
-
-    def log(message):
-        if message.lstrip().startswith("step "):
-            cpu_at_record.append(time.process_time() - start)
-
-    model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log)
-    print(f"{args.system}: {md.sizes['sample']} MD frames, flow {flow['n_layers']} layers x {flow['hidden']} "
-          f"hidden, {flow['steps']} steps, energy_weight {flow['energy_weight']}")
-    print(f"{'step':>6}{'CPU min':>10}{'ESS/N (monitor)':>18}")
-    for step, minutes, ess in zip(curves["step"], cpu_at_record, curves["ess_fraction"]):
-        print(f"{step:>6}{minutes / 60:>10.2f}{ess:>18.4f}")
-    sampling = {**system_config["sampling"], "n_samples": args.samples, "device": "cpu"}
-    samples = sample_flow_stage(system, model, from_block(SamplingSettings, sampling), log=lambda _: None)
-    log_w = samples["log_w"].values
-    trimmed = estimators.trimmed_log_weights(log_w, system_config["analysis"]["trim_fraction"])
-    print(f"fresh samples: {args.samples}, ESS/N raw {estimators.ess_fraction(log_w):.4f}, "
-          f"trimmed {estimators.ess_fraction(trimmed):.4f}, dropped {samples.attrs['n_nonfinite']}")
+    print(f"\n{'scheme':<16}{'CPU s':>8}{'energy evals':>14}{'ESS/N raw':>11}{'trimmed':>9}"
+          f"{'ΔF ' + states[1].name + ' (kT)':>24}")
+    for name, cpu, evaluations, ess, ess_trim, delta_f in rows:
+        print(f"{name:<16}{cpu:>8.0f}{evaluations:>14.3g}{ess:>11.4f}{ess_trim:>9.4f}{delta_f:>24}")
+    print("\npublished anchors (von Klitzing et al., Constrained Mass Transport, Table 1; same molecule, implicit solvent)")
+    for name, ess, evaluations in ANCHORS:
+        print(f"{name:<30}{ess:>8.3f}   " + (f"~{evaluations:.0e} target evaluations" if evaluations else "MD data"))
 
 
 if __name__ == "__main__":
