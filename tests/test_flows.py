@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from boltzflow.flows import SplineCouplingFlow, rational_quadratic_spline
-from boltzflow.training import train_flow
+from boltzflow.training import BufferSettings, _FlowObjective, train_flow
 from resume_helpers import train_killed_and_resumed
 
 torch.set_num_threads(1)
@@ -382,8 +382,6 @@ def test_early_stopping_needs_a_validation_split():
 
 
 def test_interrupted_training_with_a_replay_buffer_resumes_bit_for_bit(tmp_path):
-    from boltzflow.training import BufferSettings
-
     _, _, energy, _ = _gaussian_energy()
     data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
     settings = dict(reduced_energy=energy, steps=40, batch_size=32, seed=3, log_every=5,
@@ -402,3 +400,65 @@ def test_interrupted_training_with_a_replay_buffer_resumes_bit_for_bit(tmp_path)
     assert np.isfinite(curves["buffer_nll"]).all()
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+# The best weights travel in the checkpoint.
+def test_interrupted_early_stopping_resumes_to_the_best_weights(tmp_path):
+    data = torch.randn(80, 2, generator=torch.Generator().manual_seed(21)) * torch.tensor([1.0, 0.3])
+    kw = dict(steps=600, batch_size=60, learning_rate=2e-2, validation_fraction=0.25, log_every=20, patience=3)
+
+    def fresh():
+        torch.manual_seed(4)
+        return SplineCouplingFlow(2, n_layers=4, hidden=64)
+
+    probe = train_flow(fresh(), data, log=lambda _: None, **kw)
+    best = int(probe["step"][np.nanargmin(probe["validation_nll"])])
+    reference, expected, resumed, curves, messages = train_killed_and_resumed(
+        lambda model, **k: train_flow(model, data, **k, **kw), fresh, tmp_path / "c", kill_at=f"step {best + 20}/600")
+    assert any("resuming from checkpoint" in m for m in messages)
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+# The buffer keeps the newest samples, each with the weight of the flow that drew it.
+def test_the_buffer_keeps_the_newest_samples_with_their_stale_weights():
+    torch.manual_seed(0)
+    flow = SplineCouplingFlow(2, n_layers=2, hidden=8)
+    data = torch.randn(100, 2)
+    energy = lambda x: 0.5 * (x.double() ** 2).sum(-1)
+    objective = _FlowObjective(flow, data[:90], data[90:], batch_size=8, reduced_energy=None, energy_weight=0.0,
+                               energy_batch_size=8, monitor_energy=energy, ess_samples=0, seed=0,
+                               buffer=BufferSettings(weight=1.0, samples=64, refresh_every=1, size=100))
+    objective._refresh_buffer()
+    first_x, first_w = objective.buffer_x.clone(), objective.buffer_log_w.clone()
+    with torch.no_grad():
+        x0, log_q0 = first_x[:5], flow.log_prob(first_x[:5]).double()
+        for p in flow.parameters():
+            p.add_(0.1)
+    assert torch.allclose(first_w[:5], -energy(x0) - log_q0, atol=1e-5)
+    objective._refresh_buffer()
+    assert len(objective.buffer_x) == 100
+    assert torch.equal(objective.buffer_x[:36], first_x[28:]) and torch.equal(objective.buffer_log_w[:36], first_w[28:])
+
+
+def test_a_checkpoint_of_other_starting_weights_is_not_resumed(tmp_path):
+    # A refinement phase killed after one maximum-likelihood phase must not resume after another (other
+    # flow.steps give other starting weights): the checkpoint is keyed on a digest of the starting weights.
+    from resume_helpers import Killed
+
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
+    checkpoint = tmp_path / "flow.checkpoint"
+
+    def die(message):
+        if "step 20/40" in message:
+            raise Killed
+
+    torch.manual_seed(99)
+    with pytest.raises(Killed):
+        train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), data, steps=40, batch_size=32, log_every=5, log=die,
+                   checkpoint_path=checkpoint)
+    torch.manual_seed(100)  # other starting weights, same settings otherwise
+    messages = []
+    train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), data, steps=40, batch_size=32, log_every=5,
+               log=messages.append, checkpoint_path=checkpoint)
+    assert not any("resuming" in m for m in messages)

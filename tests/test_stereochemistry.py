@@ -1,5 +1,7 @@
 """A tetrahedral centre that turns into its mirror image during MD stops the run (alanine dipeptide)."""
 
+import math
+
 import numpy as np
 import pytest
 import yaml
@@ -131,3 +133,26 @@ def test_imported_frames_of_the_mirror_image_are_refused_in_one_line(molecule):
         check_imported_stereochemistry(molecule, np.stack([x, x, swapped]), "md.files.300: 'a.dcd'")
     assert str(error.value) == ("md.files.300: 'a.dcd': ALA2 CA is the mirror image of the PDB's at frame 2; expected MD "
                                 "that keeps every tetrahedral centre's handedness (the PDB's)")
+
+
+# Onset 0.3, K = 50 kJ/mol, normalization by the three *different* bond lengths.
+def _centre(elevation_deg, lengths=(0.10, 0.15, 0.20, 0.11)):
+    a = math.radians(elevation_deg)
+    u = [[math.cos(a) * math.cos(p), math.cos(a) * math.sin(p), -math.sin(a)] for p in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
+    u.append([0.0, 0.0, 1.0])
+    return np.vstack([np.zeros(3), np.array(u) * np.array(lengths)[:, None]])
+
+
+def test_restraint_energy_is_50_kj_mol_times_the_flat_bottom_at_0_3_for_unequal_bonds():
+    from boltzflow.molecules import chirality_restraint
+    bonds = [(0, 1), (0, 2), (0, 3), (0, 4)]
+    reference = _centre(19.47)
+    centres, neighbours = tetrahedral_centres(bonds, 5)
+    s = np.sign(chirality(reference, centres, neighbours)[0])
+    for elevation in (19.47, 7.5, 6.0, 4.0, 0.0, -10.0, -19.47):
+        x = _centre(elevation)
+        chi = s * chirality(x, centres, neighbours)[0]
+        expected = 50.0 * max(0.0, 1.0 - chi / 0.3) ** 2
+        assert _restraint_energy(chirality_restraint(bonds, reference), x) == pytest.approx(expected, rel=1e-6, abs=1e-9), elevation
+    assert _restraint_energy(chirality_restraint(bonds, reference), _centre(7.5)) == 0.0
+    assert _restraint_energy(chirality_restraint(bonds, reference), _centre(6.0)) > 0.0  # onset between

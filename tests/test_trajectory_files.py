@@ -231,3 +231,33 @@ def test_md_with_constrained_hydrogen_bonds_is_refused_in_one_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message and "constrained.dcd" in message and "hardly vibrate" in message
     assert message.startswith("systems.aldp.md.files.300:")
+
+
+# One run takes pymbar's one-series estimator (mintime=3), not the multiple-run one (internal mintime 10).
+def test_one_run_takes_the_one_series_estimator():
+    from pymbar import timeseries
+
+    x = np.zeros(400)
+    rng = np.random.default_rng(0)
+    for t in range(1, 400):
+        x[t] = 0.5 * x[t - 1] + rng.normal()
+    single = timeseries.statistical_inefficiency(x, fast=False, mintime=3)
+    assert single != pytest.approx(timeseries.statistical_inefficiency_multiple([x], fast=False))  # guard
+    assert runs_statistical_inefficiency([x]) == pytest.approx(single, rel=1e-12)
+
+
+# The stage itself refuses a file of mirror images (not only check_imported_stereochemistry).
+def test_the_trajectory_stage_refuses_a_mirror_image_file(tmp_path):
+    import mdtraj
+
+    from boltzflow.physics_errors import InputFileError
+    from boltzflow.stages.md import trajectory_state_stage
+    from boltzflow.systems import system_from_config
+
+    path = tmp_path / "a.dcd"
+    openmm_run(path, 300, 4, 40)
+    frames = mdtraj.load(str(path), top=str(PDB))
+    frames.xyz[..., 0] *= -1.0
+    frames.save_dcd(str(tmp_path / "mirror.dcd"))
+    with pytest.raises(InputFileError, match="mirror image"):
+        trajectory_state_stage(system_from_config("aldp", BLOCK), 300.0, [str(tmp_path / "mirror.dcd")], log=lambda _: None)

@@ -87,7 +87,8 @@ def train(
 
     Early stopping (``patience`` > 0): the record value ``monitor`` (lower is better; NaN never counts as
     better) is followed; the run stops once ``patience`` records in a row have not improved on the best,
-    and the model is left with the weights of the best record. The records stop there too.
+    and the model is left with the weights of the best record. The records stop there too: the last one
+    describes the weights at the stopping step, not the best record's that are returned.
     """
     _check_schedule(steps, log_every)
     torch.manual_seed(seed)
@@ -99,8 +100,12 @@ def train(
 
     checkpoint = None
     if checkpoint_path is not None:
+        # The starting weights' digest: a second training phase must not resume a checkpoint made after
+        # another first phase (other settings or data there give other starting weights).
+        with torch.no_grad():
+            start_digest = [float(p.double().sum()) for p in model.parameters()]
         settings = [steps, learning_rate, seed, log_every, max_grad_norm, skip_nonfinite_steps,
-                    getattr(model, "config", None), checkpoint_settings, patience, monitor]
+                    getattr(model, "config", None), checkpoint_settings, patience, monitor, start_digest]
         checkpoint = Checkpoint(checkpoint_path, settings, format="torch")
         saved = checkpoint.load()
         if saved is not None:
@@ -316,9 +321,11 @@ def train_flow(
     ``buffer.refresh_every`` steps, ``buffer.samples`` flow samples enter a replay buffer with their
     log-weights log w = -u - log q_old (q_old: the flow that drew them; a valid importance weight whatever
     the flow becomes, so the buffer is a weighted sample of p); each step adds ``buffer.weight`` × the NLL
-    of ``batch_size`` buffer samples resampled with probability ∝ w, an unbiased minibatch estimate of
-    the forward KL to p (up to a constant), which, unlike the MD frames, never runs out. Needs only
-    energies, no forces. Records ``buffer_nll`` and the buffer's Kish ``buffer_ess_fraction`` (NaN if off).
+    of ``batch_size`` buffer samples resampled with probability ∝ w: an unbiased minibatch estimate of
+    the self-normalized Σ w̄_i (-log q(x_i)) over the buffer, which is a consistent estimate of the forward
+    KL to p (up to a constant), biased by O(1/ESS) of the buffer; at a low buffer ESS a minibatch repeats
+    a few samples. Unlike the MD frames it never runs out. Needs only energies, no forces. Records
+    ``buffer_nll`` and the buffer's Kish ``buffer_ess_fraction`` (NaN if off).
 
     With ``patience`` > 0, training stops early once the validation NLL has not improved for ``patience``
     records in a row, and the model keeps the weights of its best record (:func:`train`).
