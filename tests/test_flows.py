@@ -309,11 +309,14 @@ def test_nonfinite_energies_are_dropped():
     assert any((p != 0).any() for p in flow.layers[0].conditioner[-1].parameters())  # steps were taken
 
 
-def test_interrupted_training_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("term", ["reverse_kl", "replay_buffer"])
+def test_interrupted_training_resumes_bit_for_bit(tmp_path, term):
     _, _, energy, _ = _gaussian_energy()
     data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
     settings = dict(reduced_energy=energy, energy_weight=0.5, steps=40, batch_size=32, energy_batch_size=32,
                     seed=3, log_every=5)
+    if term == "replay_buffer":  # the buffer's samples and weights travel in the checkpoint
+        settings.update(energy_weight=0.0, buffer=BufferSettings(weight=1.0, samples=64, refresh_every=7, size=200))
 
     def fresh():
         torch.manual_seed(99)
@@ -328,6 +331,7 @@ def test_interrupted_training_resumes_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(curves[key], expected[key])
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+    assert np.isfinite(curves["buffer_nll"]).all() == (term == "replay_buffer")
 
 
 def test_ess_monitor_follows_training_without_changing_it():
@@ -379,27 +383,6 @@ def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation"):
         train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), torch.randn(50, 2), steps=5, validation_fraction=0.0,
                    patience=2, log=_silent)
-
-
-def test_interrupted_training_with_a_replay_buffer_resumes_bit_for_bit(tmp_path):
-    _, _, energy, _ = _gaussian_energy()
-    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(11))
-    settings = dict(reduced_energy=energy, steps=40, batch_size=32, seed=3, log_every=5,
-                    buffer=BufferSettings(weight=1.0, samples=64, refresh_every=7, size=200))
-
-    def fresh():
-        torch.manual_seed(99)
-        return SplineCouplingFlow(2, n_layers=2, hidden=8)
-
-    checkpoint = tmp_path / "flow.checkpoint"
-    reference, expected, resumed, curves, messages = train_killed_and_resumed(
-        lambda model, **kw: train_flow(model, data, **kw, **settings), fresh, checkpoint)
-    assert any("resuming from checkpoint at step 20/40" in m for m in messages), messages
-    for key in expected:
-        np.testing.assert_array_equal(curves[key], expected[key])
-    assert np.isfinite(curves["buffer_nll"]).all()
-    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(a, b), name
 
 
 # The best weights travel in the checkpoint.
