@@ -220,3 +220,18 @@ def test_benchmark_cpu_seconds_sum_cpu_time_and_fall_back_to_wall_seconds(tmp_pa
     (tmp_path / "a.tsv").write_text(header + "10.0\t0:00:10\t1\t1\t1\t1\t0\t0\t90\t9.5\n")
     (tmp_path / "b.tsv").write_text(header + "4.0\t0:00:04\t1\t1\t1\t1\t0\t0\t0\t0\n")  # no CPU time recorded
     assert cpu_seconds([tmp_path / "a.tsv", tmp_path / "b.tsv"]) == pytest.approx(13.5)
+
+
+def test_training_figure_marks_where_the_refinement_starts_and_shows_the_buffer():
+    step = np.arange(0, 1000, 10)  # as _curves has it
+    phase = (step > 500).astype(np.int64)
+    nll = np.linspace(3.0, 2.0, len(step))
+    buffer_nll = np.where(phase == 1, nll + 0.1, np.nan)
+    curves = _curves(train_nll=nll, validation_nll=nll + 0.05, reverse_kl=np.full(len(step), np.nan),
+                     buffer_nll=buffer_nll, buffer_ess_fraction=np.where(phase == 1, 0.5, np.nan),
+                     ess_fraction=np.full(len(step), 0.3), learning_rate=np.full(len(step), 1e-3), phase=phase)
+    fig = training_curves(curves, SETTINGS)
+    ax_nll, ax_buffer, ax_ess = fig.axes
+    assert "replay-buffer" in ax_buffer.get_title() and len(ax_ess.lines) >= 2
+    for ax in fig.axes:  # a vertical line at the last maximum-likelihood record
+        assert any(list(line.get_xdata()) == [500, 500] for line in ax.lines)

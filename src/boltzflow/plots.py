@@ -398,6 +398,13 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
         ax_ess.legend(frameon=False, fontsize=7, loc="lower right")
     ax_ess.set_yscale("log")
     ax_ess.set_title("ESS / N over training", fontsize=9)
+    if "phase" in curves and (curves["phase"].values > 0).any():
+        # The refinement starts after the last maximum-likelihood record; its loss terms begin there.
+        start = curves["step"].values[curves["phase"].values == 0][-1]
+        for ax in axes:
+            ax.axvline(start, color="0.6", linestyle=":", linewidth=1)
+        axes[0].annotate("refinement →", (start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
+                         textcoords="offset points", fontsize=7, color="0.4")
     ax_ess.set_xlabel("optimizer step")
     ax_ess.set_ylabel("ESS / N")
     return fig

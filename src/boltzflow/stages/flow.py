@@ -116,6 +116,7 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
                 energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
                 validation_fraction=settings.validation_fraction, seed=phase["seed"], log=log,
                 checkpoint_path=phase["checkpoint"], buffer=phase["buffer"])
+            phase_curves["phase"] = np.full(len(phase_curves["step"]), number, dtype=np.int64)
             curves = phase_curves if curves is None else _append_curves(curves, phase_curves)
     generator.flow = flow.cpu()
     return generator, curves
@@ -179,6 +180,8 @@ def curves_dataset(curves: dict) -> xr.Dataset:
             "ess_fraction": variable("step", curves["ess_fraction"], "1",
                                      "Kish ESS / N of monitor samples from the flow at that step"),
             "learning_rate": variable("step", curves["learning_rate"], "1", "learning rate"),
+            "phase": variable("step", curves["phase"], "1",
+                              "training phase: 0 maximum likelihood, 1 energy-based refinement"),
         },
         coords={"step": ("step", curves["step"], {"units": "1", "long_name": "optimizer step"})},
     )
