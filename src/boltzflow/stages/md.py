@@ -110,18 +110,28 @@ def inefficiency_observables(system, energy: np.ndarray, cv_values: dict[str, np
     return series + [indicator for indicator in indicators if 0 < indicator.mean() < 1]
 
 
-def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: np.ndarray, run: int) -> None:
-    """Raise a one-line :class:`PhysicsError` if a tetrahedral centre inverted in any state of the run
-    (positions [state, frame, atom, 3]); see :mod:`boltzflow.stereochemistry` for why."""
+def _first_inversion(molecule, positions_nm: np.ndarray) -> tuple[tuple[int, ...], str] | None:
+    """(index of the first frame, label of the atom) where a tetrahedral centre of ``positions_nm``
+    ([..., atom, 3]) has the other handedness than in the molecule's PDB; None if none has."""
     from boltzflow.molecules import atom_label
     from boltzflow.stereochemistry import first_inversion, tetrahedral_centres
 
     centres, neighbours = tetrahedral_centres(molecule.bonds, molecule.n_atoms)
     inversion = first_inversion(positions_nm, molecule.positions_nm, centres, neighbours)
+    if inversion is None:
+        return None
+    frame, atom = inversion
+    return frame, atom_label(molecule.topology, atom)
+
+
+def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: np.ndarray, run: int) -> None:
+    """Raise a one-line :class:`PhysicsError` if a tetrahedral centre inverted in any state of the run
+    (positions [state, frame, atom, 3]); see :mod:`boltzflow.stereochemistry` for why."""
+    inversion = _first_inversion(molecule, positions_nm)
     if inversion is not None:
         (state, frame), atom = inversion
         raise PhysicsError(
-            f"{system.name}: replica exchange run {run}: {atom_label(molecule.topology, atom)} turned into its mirror "
+            f"{system.name}: replica exchange run {run}: {atom} turned into its mirror "
             f"image at {system.temperatures_k[state]:g} K, {time_ps[frame]:g} ps; the hottest temperatures "
             f"({max(system.temperatures_k):g} K) cross its inversion barrier, and the target ensemble would mix "
             "both mirror images: lower the top of the ladder")
@@ -131,14 +141,10 @@ def check_imported_stereochemistry(molecule, positions_nm: np.ndarray, where: st
     """Raise a one-line :class:`InputFileError` if a tetrahedral centre of imported frames ([frame, atom, 3]) has
     the other handedness than in the system's PDB: the molecule's energy restrains every centre to the PDB's
     (:func:`boltzflow.molecules.chirality_restraint`), so such frames belong to another ensemble."""
-    from boltzflow.molecules import atom_label
-    from boltzflow.stereochemistry import first_inversion, tetrahedral_centres
-
-    centres, neighbours = tetrahedral_centres(molecule.bonds, molecule.n_atoms)
-    inversion = first_inversion(positions_nm, molecule.positions_nm, centres, neighbours)
+    inversion = _first_inversion(molecule, positions_nm)
     if inversion is not None:
         (frame,), atom = inversion
-        raise InputFileError(f"{where}: {atom_label(molecule.topology, atom)} is the mirror image of the PDB's at frame "
+        raise InputFileError(f"{where}: {atom} is the mirror image of the PDB's at frame "
                              f"{frame}; expected MD that keeps every tetrahedral centre's handedness (the PDB's)")
 
 
