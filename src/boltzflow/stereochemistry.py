@@ -16,8 +16,9 @@ Measured on the default ladder (alanine dipeptide up to 1200 K): without a restr
 Cα of the 1200 K replica inverts within 0.1-0.3 ns. So every molecule's System carries a flat-bottom
 restraint on each centre's chirality (:func:`boltzflow.molecules.chirality_restraint`): zero until the
 centre is well on its way to planar, which thermal motion at the target temperature does not reach, and
-rising to 640 kJ/mol in the mirror image. The ensemble is then that of the molecule as built at every temperature of a ladder; the
-check below stays, for MD that still inverts (a restraint too weak for a hotter ladder).
+rising to 640 kJ/mol in the mirror image. The ensemble is then that of the molecule as built at every
+temperature of a ladder; the check below stays, for MD that still inverts (a restraint too weak for a
+hotter ladder).
 """
 
 from __future__ import annotations
@@ -36,20 +37,25 @@ def tetrahedral_centres(bonds: list[tuple[int, int]], n_atoms: int) -> tuple[np.
             np.array([sorted(neighbours[atom])[:3] for atom in centres], dtype=int).reshape(-1, 3))
 
 
+def _bonds(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarray) -> list[np.ndarray]:
+    """The three bond vectors a-c, b-c, d-c of each centre c: positions [..., atom, 3] → 3 x [..., m, 3]."""
+    centre = positions[..., centres, :]
+    return [positions[..., neighbours[:, i], :] - centre for i in range(3)]
+
+
 def signed_volumes(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """(a-c)·((b-c)×(d-c)) of each centre c and its neighbours a, b, d in each frame (nm³):
     positions [..., atom, 3] → [..., m]."""
-    centre = positions[..., centres, :]
-    a, b, c = (positions[..., neighbours[:, i], :] - centre for i in range(3))
+    a, b, c = _bonds(positions, centres, neighbours)
     return np.einsum("...i,...i->...", a, np.cross(b, c))
 
 
 def chirality(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """The signed volume over the product of the three bond lengths: about ±0.77 for a tetrahedral centre,
     0 when it is planar (dimensionless): positions [..., atom, 3] → [..., m]."""
-    centre = positions[..., centres, :]
-    lengths = np.prod([np.linalg.norm(positions[..., neighbours[:, i], :] - centre, axis=-1) for i in range(3)], axis=0)
-    return signed_volumes(positions, centres, neighbours) / lengths
+    a, b, c = _bonds(positions, centres, neighbours)
+    lengths = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) * np.linalg.norm(c, axis=-1)
+    return np.einsum("...i,...i->...", a, np.cross(b, c)) / lengths
 
 
 def handedness(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

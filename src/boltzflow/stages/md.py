@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import xarray as xr
 
-from boltzflow.md import decorrelate, run_langevin
+from boltzflow.md import decorrelate, run_langevin, runs_statistical_inefficiency
 from boltzflow.physics_errors import InputFileError, PhysicsError
 from boltzflow.settings import LangevinSettings
 from boltzflow.stages.datasets import variable
@@ -223,7 +223,6 @@ def check_flexible_hydrogen_bonds(molecule, positions_nm: np.ndarray, what: str)
     """Raise a one-line :class:`~boltzflow.physics_errors.InputFileError` if the frames ([frame, atom, 3])
     come from MD with constrained bonds to hydrogen: they sample another ensemble than the flexible one
     that MBAR, the models and the reweighting use (the ``constraints: none`` rule, for imported MD)."""
-
     hydrogen_bonds = [(a, b) for a, b in molecule.bonds if not (molecule.heavy[a] and molecule.heavy[b])]
     if not hydrogen_bonds or len(positions_nm) < MIN_FRAMES_FOR_BOND_SPREAD:
         return
@@ -253,7 +252,6 @@ def trajectory_state_stage(system, temperature_k: float, files: list[str], log=p
     """
     from pymbar import timeseries
 
-    from boltzflow.md import runs_statistical_inefficiency
     from boltzflow.molecules import EnergyEvaluator
     from boltzflow.trajectory_files import read_trajectory
 
