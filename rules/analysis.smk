@@ -50,6 +50,28 @@ rule reweight:
         "../workflow/scripts/reweight.py"
 
 
+rule ladder:
+    """Reduced free energies f(T) over the ladder from a temperature-conditioned model's samples."""
+    input:
+        samples="results/{system}/samples/{estimator}_temperatures.nc",
+    output:
+        ladder="results/{system}/analysis/ladder_{estimator}.nc",
+    params:
+        analysis=ladder_analysis_params,
+    log:
+        "results/{system}/logs/ladder_{estimator}.log",
+    benchmark:
+        "results/{system}/benchmarks/ladder_{estimator}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../workflow/scripts/ladder.py"
+
+
 # ---------------------------------------------------------------- the exact answer of 2D systems
 
 

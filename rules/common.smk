@@ -81,6 +81,11 @@ def target_md_file(wildcards):
     return md_files(wildcards)[0]
 
 
+def ladder_md_files(wildcards):
+    """The MD above the target temperature, which a temperature-conditioned model also learns."""
+    return md_files(wildcards)[1:]
+
+
 #: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
 MD_BENCHMARKS = {"langevin": ["md_{label}K"],
                  "replica_exchange": ["replica_exchange_run{run}", "replica_state_{label}K"],
@@ -174,6 +179,8 @@ def figures_of(system_name):
         figures.append("energy_distributions")
     if "score" in models:
         figures.append("score_training")
+    if any(estimator.ladder for estimator in estimators):
+        figures.append("ladder_free_energies")
     return figures
 
 
@@ -269,6 +276,26 @@ def model_params(wildcards):
     return params
 
 
+def ladder_model_params(wildcards):
+    """A temperature-conditioned model's target: the whole ladder (its first temperature is the target)."""
+    system = _system(wildcards)
+    params = _target(system, system["temperatures"])
+    params.update({key: system[key] for key in config_keys(system).model if key in system})
+    return params
+
+
+def ladder_analysis_params(wildcards):
+    """The analysis keys f(T) and its verdict use (bins and the state-level thresholds do not apply)."""
+    analysis = _system(wildcards)["analysis"]
+    return {key: analysis[key] for key in ("bootstrap", "seed", "max_pareto_k", "min_ess")}
+
+
+def ladder_estimate_files(wildcards):
+    """f(T) of every enabled estimator that covers the ladder."""
+    return [f"results/{wildcards.system}/analysis/ladder_{name}.nc"
+            for name in enabled_estimators(wildcards.system) if BY_NAME[name].ladder]
+
+
 def score_sampler_params(wildcards):
     """A score sampler also needs the states: it measures its ODE integrator's error on each state's ΔF."""
     params = model_params(wildcards)
@@ -282,6 +309,11 @@ def flow_params(wildcards):
 
 
 def sampling_params(wildcards):
+    """The sampling block without the ladder's sample count, which only the temperature-conditioned flow uses."""
+    return {key: value for key, value in _system(wildcards)["sampling"].items() if key != "ladder_samples"}
+
+
+def ladder_sampling_params(wildcards):
     return _system(wildcards)["sampling"]
 
 

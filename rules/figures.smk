@@ -196,6 +196,34 @@ rule figure_score_training:
         "../workflow/scripts/figure_score_training.py"
 
 
+rule figure_ladder_free_energies:
+    """Figure: f(T) over the ladder from each temperature-conditioned model against MBAR, and its ESS."""
+    input:
+        mbar="results/{system}/analysis/mbar.nc",
+        ladders=ladder_estimate_files,
+    output:
+        report(
+            "results/{system}/figures/ladder_free_energies.png",
+            caption="../report/ladder_free_energies.rst",
+            category="{system}",
+            subcategory="free energies",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_ladder_free_energies.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_ladder_free_energies.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_ladder_free_energies.py"
+
+
 rule summary_html:
     """Report table: the summary, one row per estimator and state, unreliable rows marked."""
     input:

@@ -25,6 +25,31 @@ rule sample_flow:
         "../workflow/scripts/sample_flow.py"
 
 
+rule sample_flow_ladder:
+    """Draw samples of the temperature-conditioned flow at the target and at every ladder temperature."""
+    input:
+        model="results/{system}/models/flow_ladder.pt",
+    output:
+        samples="results/{system}/samples/flow_ladder.nc",
+        temperatures="results/{system}/samples/flow_ladder_temperatures.nc",
+    params:
+        system=ladder_model_params,
+        sampling=ladder_sampling_params,
+    log:
+        "results/{system}/logs/sample_flow_ladder.log",
+    benchmark:
+        "results/{system}/benchmarks/sample_flow_ladder.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0,
+    script:
+        "../workflow/scripts/sample_flow.py"
+
+
 # ---------------------------------------------------------------- score model: probability-flow ODE samples,
 # with log q by one estimator each (exact, hutchinson, perturbation, perturbation_multistep)
 

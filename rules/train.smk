@@ -26,6 +26,35 @@ rule train_flow:
         "../workflow/scripts/train_flow.py"
 
 
+# ---------------------------------------------------------------- temperature-conditioned flow: MD of the whole ladder
+
+
+rule train_flow_ladder:
+    """Train one temperature-conditioned flow on the MD of every ladder temperature (the flow block's settings)."""
+    input:
+        md=target_md_file,
+        ladder=ladder_md_files,
+    output:
+        model="results/{system}/models/flow_ladder.pt",
+        curves="results/{system}/models/flow_ladder_training.nc",
+    params:
+        system=ladder_model_params,
+        flow=flow_params,
+    log:
+        "results/{system}/logs/train_flow_ladder.log",
+    benchmark:
+        "results/{system}/benchmarks/train_flow_ladder.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=180,
+        gpu=0,
+    script:
+        "../workflow/scripts/train_flow.py"
+
+
 # ---------------------------------------------------------------- score model: denoising score matching on MD
 
 

@@ -235,3 +235,24 @@ def test_training_figure_marks_where_the_refinement_starts_and_shows_the_buffer(
     assert "replay-buffer" in ax_buffer.get_title() and len(ax_ess.lines) >= 2
     for ax in fig.axes:  # a vertical line at the last maximum-likelihood record
         assert any(list(line.get_xdata()) == [500, 500] for line in ax.lines)
+
+
+def test_ladder_figure_draws_each_model_against_mbar_and_marks_unreliable_temperatures():
+    from boltzflow.plots import ladder_free_energies
+
+    temperatures = np.array([300.0, 400.0, 500.0])
+    mbar = xr.Dataset({"f": ("temperature", [0.0, -0.2, -0.4]), "df": ("temperature", [0.0, 0.01, 0.02])},
+                      coords={"temperature": temperatures})
+    ladder = xr.Dataset({"f": ("temperature", [0.0, -0.19, -0.9]), "df": ("temperature", [0.0, 0.01, 0.02]),
+                         "ess_fraction": ("temperature", [0.9, 0.5, 0.001]),
+                         "reliable": ("temperature", [True, True, False])}, coords={"temperature": temperatures})
+    fig = ladder_free_energies(mbar, {"flow_ladder": ladder})
+    ax_f, ax_ess = fig.axes
+    reliable = [c for c in ax_f.containers if c.get_label() == label("flow_ladder")][0]
+    unreliable = [c for c in ax_f.containers if c.get_label().endswith("unreliable")][0]
+    # f − f_MBAR: the reliable points at 0 and +0.01, the unreliable one at −0.5, greyed and hollow.
+    np.testing.assert_allclose(reliable.lines[0].get_ydata(), [0.0, 0.01], atol=1e-12)
+    np.testing.assert_allclose(unreliable.lines[0].get_ydata(), [-0.5])
+    assert to_rgb(unreliable.lines[0].get_color()) == to_rgb(UNRELIABLE_COLOUR)
+    assert to_rgb(reliable.lines[0].get_color()) == to_rgb(estimator_colour("flow_ladder"))
+    assert ax_ess.get_yscale() == "log"  # the ESS spans decades

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 TOY_SYSTEMS = ["mueller_brown", "double_well"]
 SYSTEMS = [*TOY_SYSTEMS, "alanine_dipeptide"]
 FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training", "energy_distributions",
-           "cost", "score_training"]
+           "cost", "score_training", "ladder_free_energies"]
 MODEL_ESTIMATORS = ["flow", "flow_raw", "score_exact", "score_exact_raw", "score_hutchinson", "score_perturbation",
-                    "score_perturbation_multistep", "flow_smc", "score_smc", "flow_mcmc"]
+                    "score_perturbation_multistep", "flow_ladder", "flow_smc", "score_smc", "flow_mcmc"]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,8 @@ def test_output_contract(run, config, system):
 #: models use fewer samples than the flow, and SMC and MCMC have correlated samples (their bootstrap
 #: errors resample particles or chains, see the README), hence the wider bands.
 TOY_TOLERANCE = {"score_exact": 0.15, "score_hutchinson": 0.15, "score_perturbation": 0.2,
-                 "score_perturbation_multistep": 0.2, "flow_smc": 0.2, "score_smc": 0.25, "flow_mcmc": 0.15}
+                 "score_perturbation_multistep": 0.2, "flow_ladder": 0.1, "flow_smc": 0.2, "score_smc": 0.25,
+                 "flow_mcmc": 0.15}
 
 
 @pytest.mark.parametrize("system", TOY_SYSTEMS)
@@ -172,13 +173,31 @@ def test_every_score_and_sampler_estimator_matches_quadrature(run, config, syste
     # ln Z against quadrature: it checks the density's normalization (the standardization and base
     # Jacobians), which ΔF and ESS do not see. SMC's ln Z is unbiased for Z, not ln Z, hence a wider band.
     log_z_truth = quadrature_log_z(config["systems"][system], system)
-    for estimator, tolerance in {"flow": 0.05, "score_exact": 0.05, "score_hutchinson": 0.05,
+    for estimator, tolerance in {"flow": 0.05, "flow_ladder": 0.05, "score_exact": 0.05, "score_hutchinson": 0.05,
                                  "score_perturbation": 0.05, "score_perturbation_multistep": 0.05,
                                  "flow_smc": 0.1, "score_smc": 0.1}.items():
         log_z = float(summary["log_z"].sel(estimator=estimator))
         error = float(summary["log_z_err"].sel(estimator=estimator))
         print(system, estimator, "ln Z", log_z, "±", error, "quadrature", log_z_truth)
         assert abs(log_z - log_z_truth) < max(tolerance, 3 * error), (estimator, log_z, log_z_truth)
+
+
+@pytest.mark.parametrize("system", TOY_SYSTEMS)
+def test_ladder_free_energies_match_quadrature_and_mbar_at_every_temperature(run, config, system):
+    """The temperature-conditioned flow's f(T) (reduced, relative to the target, like mbar.nc) against the
+    exact f(T) by quadrature, within 0.05 kT or 3σ, and against MBAR within 0.05 kT or 3 combined σ."""
+    system_config = config["systems"][system]
+    ladder = xr.open_dataset(run / f"results/{system}/analysis/ladder_flow_ladder.nc")
+    mbar = xr.open_dataset(run / f"results/{system}/analysis/mbar.nc")
+    temperatures = system_config["temperatures"]
+    log_z = np.array([quadrature_log_z({**system_config, "temperatures": [t]}, system) for t in temperatures])
+    truth = -(log_z - log_z[0])
+    f, df = ladder["f"].values, ladder["df"].values
+    print(system, "f", f, "±", df, "quadrature", truth, "MBAR", mbar["f"].values, "ESS/N", ladder["ess_fraction"].values)
+    assert ladder["temperature"].values.tolist() == temperatures
+    assert ladder["reliable"].values.all(), ladder["reason"].values
+    assert np.all(np.abs(f - truth) < np.maximum(0.05, 3 * df))
+    assert np.all(np.abs(f - mbar["f"].values) < np.maximum(0.05, 3 * np.hypot(df, mbar["df"].values)))
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
@@ -312,20 +331,22 @@ def _planned_jobs(output: str) -> dict[str, int]:
 
 SUMMARY_FIGURES = {"summary", "summary_html", "figure_free_energy_surfaces", "figure_free_energy_profiles",
                    "figure_log_weights", "figure_cost", "all"}
-DOWNSTREAM_OF_FLOW = SUMMARY_FIGURES | {"train_flow", "sample_flow", "smc", "flow_mcmc", "reweight",
-                                        "figure_training", "figure_energy_distributions"}
+LADDER_FLOW = {"train_flow_ladder", "sample_flow_ladder", "ladder", "figure_ladder_free_energies"}
+DOWNSTREAM_OF_FLOW = SUMMARY_FIGURES | LADDER_FLOW | {"train_flow", "sample_flow", "smc", "flow_mcmc", "reweight",
+                                                      "figure_training", "figure_energy_distributions"}
 DOWNSTREAM_OF_SCORE = SUMMARY_FIGURES | {"train_score", "sample_score", "smc", "reweight", "figure_score_training"}
 DOWNSTREAM_OF_MD = DOWNSTREAM_OF_FLOW | DOWNSTREAM_OF_SCORE | {"mbar"}
 
 
 FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
-                "figure_training", "figure_energy_distributions", "figure_cost", "figure_score_training", "all"}
+                "figure_training", "figure_energy_distributions", "figure_cost", "figure_score_training",
+                "figure_ladder_free_energies", "all"}
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"systems": {"double_well": {"flow": {"learning_rate": 0.002}}}}, DOWNSTREAM_OF_FLOW),
     ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
-     DOWNSTREAM_OF_FLOW - {"train_flow", "figure_training", "smc"}),
+     DOWNSTREAM_OF_FLOW - {"train_flow", "train_flow_ladder", "figure_training", "smc"}),
     # Exact job counts where a set of names could hide a sibling that should not rerun: a score setting
     # reruns the four probability-flow samplers and the score SMC (not the flow's), a probe count only
     # the Hutchinson sampler, an SMC setting both SMC runs.
@@ -340,10 +361,11 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"systems": {"alanine_dipeptide": {"md": {"exchanges": 250}}}},
      DOWNSTREAM_OF_MD | {"replica_exchange", "replica_state", "sample_trajectories"}),
     ({"systems": {"alanine_dipeptide": {"sample_trajectories": {"resampled_frames": 500}}}},
-     {"sample_trajectories": 7, "all": 1}),
+     {"sample_trajectories": 8, "all": 1}),
     ({"systems": {"alanine_dipeptide": {"analysis": {"trim_fraction": 0.01}}}}, SUMMARY_FIGURES | {"reweight"}),
     # A reliability threshold reruns the verdicts, not the exact answer; the KL/JS sample count also the quadrature.
-    ({"systems": {"double_well": {"analysis": {"max_pareto_k": 0.5}}}}, SUMMARY_FIGURES | {"reweight"}),
+    ({"systems": {"double_well": {"analysis": {"max_pareto_k": 0.5}}}},
+     SUMMARY_FIGURES | {"reweight", "ladder", "figure_ladder_free_energies"}),
     ({"systems": {"double_well": {"analysis": {"divergence_samples": 1000}}}}, SUMMARY_FIGURES | {"reweight", "quadrature"}),
     ({"figures": {"style": "whitegrid"}}, FIGURES_ONLY),
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
@@ -406,7 +428,7 @@ def test_report_builds_with_every_figure(run):
 def test_estimators_can_be_switched_off_per_system(tmp_path):
     workdir = copy_workflow(tmp_path)
     off = {name: False for name in ("score_exact", "score_hutchinson", "score_perturbation",
-                                    "score_perturbation_multistep", "score_smc", "flow_mcmc")}
+                                    "score_perturbation_multistep", "flow_ladder", "score_smc", "flow_mcmc")}
     (workdir / "change.yaml").write_text(yaml.safe_dump({"systems": {"double_well": {"estimators": off}}}))
     result = snakemake(workdir, "-n", "--cores", "2", "results/double_well/summary.nc", "results/mueller_brown/summary.nc",
                        "--configfile", "config/test.yaml", "change.yaml")

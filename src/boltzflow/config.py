@@ -134,6 +134,9 @@ def _check_blocks(name: str, system: dict) -> None:
     if score["beta_min"] > score["beta_max"]:
         raise ConfigError(f"{key}.score.beta_min: {score['beta_min']} exceeds beta_max = {score['beta_max']}; "
                           "expected beta_min <= beta_max")
+    if system["estimators"]["flow_ladder"] and len(system["temperatures"]) < 2:
+        raise ConfigError(f"{key}.estimators.flow_ladder: a temperature-conditioned flow needs a ladder; "
+                          f"temperatures has {len(system['temperatures'])}, expected at least 2 (or flow_ladder: false)")
     mcmc, n_samples = system["mcmc"], system["sampling"]["n_samples"]
     if system["estimators"]["flow_mcmc"] and n_samples // mcmc["chains"] <= mcmc["burn_in"]:
         raise ConfigError(f"{key}.mcmc.burn_in: {mcmc['burn_in']} burn-in steps need more than that many flow "

@@ -25,6 +25,8 @@ class Estimator:
     ``raw_companion``: the summary also shows the model without weights (``{name}_raw``), to show the bias
     that reweighting removes.
     ``error``: how its standard errors are computed.
+    ``ladder``: its model samples every temperature of the ladder as well, and gives f(T) in
+    ``analysis/ladder_{name}.nc`` from ``samples/{name}_temperatures.nc`` (``stages.ladder``).
     """
 
     name: str
@@ -34,6 +36,7 @@ class Estimator:
     weighted: bool
     raw_companion: bool
     error: str
+    ladder: bool = False
 
 
 BOOTSTRAP = "bootstrap over samples"
@@ -54,6 +57,8 @@ ESTIMATORS = (
               ("train_score", "sample_score_perturbation"), True, False, BOOTSTRAP),
     Estimator("score_perturbation_multistep", "score, FP++ (multi-step)", "score",
               ("train_score", "sample_score_perturbation_multistep"), True, False, BOOTSTRAP),
+    Estimator("flow_ladder", "flow, temperature-conditioned", "flow_ladder", ("train_flow_ladder", "sample_flow_ladder"),
+              True, False, BOOTSTRAP, ladder=True),
     Estimator("flow_smc", "flow + SMC", "flow", ("train_flow", "smc_flow"), True, False,
               REPLICATES),
     Estimator("score_smc", "score + SMC", "score", ("train_score", "smc_score"), True, False,

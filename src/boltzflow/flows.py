@@ -282,7 +282,7 @@ class _SplineCoupling(nn.Module):
     direction; ``inverse`` the opposite.
     """
 
-    def __init__(self, transform_idx, condition_idx, hidden, n_hidden_layers, n_bins, tail_bound):
+    def __init__(self, transform_idx, condition_idx, hidden, n_hidden_layers, n_bins, tail_bound, n_context=0):
         super().__init__()
         # Index buffers are saved in the state dict, so a reloaded model uses exactly the same masks.
         self.register_buffer("transform_idx", torch.as_tensor(transform_idx, dtype=torch.long))
@@ -291,10 +291,10 @@ class _SplineCoupling(nn.Module):
         self.tail_bound = tail_bound
         n_out = len(transform_idx) * (3 * n_bins - 1)  # K widths, K heights, K-1 interior derivatives
         # Zero output -> uniform bins and unit derivatives -> the layer starts as the identity.
-        self.conditioner = zero_output_mlp(len(condition_idx), hidden, n_hidden_layers, n_out)
+        self.conditioner = zero_output_mlp(len(condition_idx) + n_context, hidden, n_hidden_layers, n_out)
 
-    def _transform(self, inputs, inverse):
-        params = self.conditioner(inputs[:, self.condition_idx])
+    def _transform(self, inputs, inverse, context):
+        params = self.conditioner(_with_context(inputs[:, self.condition_idx], context))
         params = params.view(inputs.shape[0], len(self.transform_idx), 3 * self.n_bins - 1)
         widths = params[..., : self.n_bins]
         heights = params[..., self.n_bins : 2 * self.n_bins]
@@ -306,11 +306,16 @@ class _SplineCoupling(nn.Module):
         outputs = inputs.index_copy(1, self.transform_idx, transformed)
         return outputs, logabsdet.sum(dim=-1)
 
-    def forward(self, inputs):
-        return self._transform(inputs, inverse=False)
+    def forward(self, inputs, context=None):
+        return self._transform(inputs, inverse=False, context=context)
 
-    def inverse(self, inputs):
-        return self._transform(inputs, inverse=True)
+    def inverse(self, inputs, context=None):
+        return self._transform(inputs, inverse=True, context=context)
+
+
+def _with_context(features: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """A conditioner's input: its coordinate features, then the context columns (e.g. ln T/T_target)."""
+    return features if context is None else torch.cat([features, context], dim=1)
 
 
 def _coupling_partitions(dim: int, n_layers: int) -> list[tuple[list[int], list[int]]]:
@@ -352,35 +357,66 @@ class _CouplingFlow(ConfiguredModule):
     """What every coupling flow shares: the stack of coupling layers between a fixed map of the data onto
     coupling space (``_to_couplings``, with log|det| ``-Σ log scale``) and the base distribution.
 
+    A flow built with ``temperature_conditioned=True`` models a family q(x | T) over temperatures: every
+    call takes ``temperature_ratio`` τ = T / T_target (a number, or one per row), every conditioner sees
+    ln τ as one more input, and the real coordinates are standardized by ``scale`` × √τ, the width of a
+    harmonic mode at T, so that the couplings learn only how each temperature departs from harmonic
+    scaling (angles are not scaled). At τ = 1 the standardization is the unconditioned one.
+
     Subclasses define ``_to_couplings``, ``_from_couplings``, ``base_log_prob`` and ``sample_base``,
-    and register ``loc``, ``scale`` and ``layers``.
+    and register ``loc``, ``scale``, ``real_mask`` and ``layers``.
     """
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def temperature_conditioned(self) -> bool:
+        return bool(self._config.get("temperature_conditioned", False))
+
+    def _temperature(self, temperature_ratio, like: torch.Tensor):
+        """(conditioner context [batch, 1], per-row factor on ``scale`` [batch, dim]) of one call, or (None, None)."""
+        if not self.temperature_conditioned:
+            if temperature_ratio is not None:
+                raise ValueError("temperature_ratio given to a flow that is not temperature-conditioned")
+            return None, None
+        if temperature_ratio is None:
+            raise ValueError("a temperature-conditioned flow needs temperature_ratio = T / T_target")
+        ratio = torch.as_tensor(temperature_ratio, dtype=like.dtype, device=like.device)
+        log_ratio = torch.log(ratio).reshape(-1).expand(like.shape[0])
+        factor = torch.where(self.real_mask, torch.exp(0.5 * log_ratio)[:, None], torch.ones_like(like))
+        return log_ratio[:, None], factor
+
+    def _log_scale(self, factor) -> torch.Tensor:
+        """Σ log of the standardization's scale: a number, or [batch] for a temperature-conditioned call."""
+        log_scale = torch.log(self.scale).sum()
+        return log_scale if factor is None else log_scale + torch.log(factor).sum(dim=-1)
+
+    def forward(self, z: torch.Tensor, temperature_ratio=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Generative direction: base z [batch, dim] -> data x [batch, dim], with log|det dx/dz| [batch]."""
+        context, factor = self._temperature(temperature_ratio, z)
         log_det = z.new_zeros(z.shape[0])
         h = z
         for layer in self.layers:
-            h, ld = layer(h)
+            h, ld = layer(h, context)
             log_det = log_det + ld
-        return self._from_couplings(h), log_det + torch.log(self.scale).sum()
+        return self._from_couplings(h, factor), log_det + self._log_scale(factor)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor, temperature_ratio=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: data x [batch, dim] -> base z [batch, dim], with log|det dz/dx| [batch]."""
-        h = self._to_couplings(x)
-        log_det = x.new_zeros(x.shape[0]) - torch.log(self.scale).sum()
+        context, factor = self._temperature(temperature_ratio, x)
+        h = self._to_couplings(x, factor)
+        log_det = x.new_zeros(x.shape[0]) - self._log_scale(factor)
         for layer in reversed(self.layers):
-            h, ld = layer.inverse(h)
+            h, ld = layer.inverse(h, context)
             log_det = log_det + ld
         return h, log_det
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, temperature_ratio=None) -> torch.Tensor:
         """log q(x) = base_log_prob(z) + log|det dz/dx| with z = inverse(x), shape [batch]."""
-        z, log_det = self.inverse(x)
+        z, log_det = self.inverse(x, temperature_ratio)
         return self.base_log_prob(z) + log_det
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               temperature_ratio=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n samples x ~ q; returns (x [n, dim], log q(x) [n]), without gradients.
 
         The base noise is drawn from ``generator`` (on the generator's device, then moved to the
@@ -388,8 +424,60 @@ class _CouplingFlow(ConfiguredModule):
         (reverse KL training) call ``forward`` on ``sample_base`` instead.
         """
         z = self.sample_base(n, generator=generator)
-        x, log_det = self.forward(z)
+        x, log_det = self.forward(z, temperature_ratio)
         return x, self.base_log_prob(z) - log_det
+
+    def _scale(self, factor) -> torch.Tensor:
+        return self.scale if factor is None else self.scale * factor
+
+
+class FlowAtTemperature(nn.Module):
+    """A temperature-conditioned flow at one temperature, with the interface of an unconditioned flow.
+
+    ``temperature_ratio`` is T / T_target. For training on the whole ladder, ``log_prob`` also takes rows
+    with one more column than the flow's ``dim``: the last column is that row's own temperature ratio (the
+    maximum-likelihood data of every temperature); ``forward``, ``sample`` and rows without it are at
+    ``temperature_ratio`` (the energy terms and ESS monitor of training, at the target with ratio 1).
+    """
+
+    def __init__(self, flow: _CouplingFlow, temperature_ratio: float = 1.0):
+        super().__init__()
+        if not flow.temperature_conditioned:
+            raise ValueError("FlowAtTemperature needs a temperature-conditioned flow")
+        self.flow = flow
+        self.temperature_ratio = float(temperature_ratio)
+
+    @property
+    def dim(self) -> int:
+        return self.flow.dim
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return self.flow.loc
+
+    @property
+    def circular_idx(self) -> torch.Tensor:
+        return getattr(self.flow, "circular_idx", self.flow.loc.new_empty(0, dtype=torch.long))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow.forward(z, self.temperature_ratio)
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow.inverse(x, self.temperature_ratio)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == self.dim + 1:
+            return self.flow.log_prob(x[:, :-1], x[:, -1])
+        return self.flow.log_prob(x, self.temperature_ratio)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow.sample(n, generator=generator, temperature_ratio=self.temperature_ratio)
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.flow.sample_base(n, generator=generator)
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow.base_log_prob(z)
 
 
 class SplineCouplingFlow(_CouplingFlow):
@@ -427,23 +515,28 @@ class SplineCouplingFlow(_CouplingFlow):
         tail_bound: float = 5.0,
         loc: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
+        temperature_conditioned: bool = False,
     ):
         super().__init__()
         self._config = dict(dim=int(dim), **_coupling_architecture(dim, n_layers, hidden, n_hidden_layers,
-                                                                    n_bins, tail_bound))
+                                                                    n_bins, tail_bound),
+                            temperature_conditioned=bool(temperature_conditioned))
         loc, scale = standardization(dim, loc, scale)
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
+        # Derived from config, so left out of the state dict: every coordinate is real.
+        self.register_buffer("real_mask", torch.ones(dim, dtype=torch.bool), persistent=False)
         self.layers = nn.ModuleList(
-            _SplineCoupling(t, c, hidden, n_hidden_layers, n_bins, float(tail_bound))
+            _SplineCoupling(t, c, hidden, n_hidden_layers, n_bins, float(tail_bound),
+                            n_context=int(temperature_conditioned))
             for t, c in _coupling_partitions(dim, n_layers)
         )
 
-    def _to_couplings(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.loc) / self.scale
+    def _to_couplings(self, x: torch.Tensor, factor=None) -> torch.Tensor:
+        return (x - self.loc) / self._scale(factor)
 
-    def _from_couplings(self, h: torch.Tensor) -> torch.Tensor:
-        return self.loc + self.scale * h
+    def _from_couplings(self, h: torch.Tensor, factor=None) -> torch.Tensor:
+        return self.loc + self._scale(factor) * h
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, I), shape [batch]."""
@@ -469,7 +562,8 @@ class _MixedSplineCoupling(nn.Module):
     directions and log|det| conventions as ``_SplineCoupling``.
     """
 
-    def __init__(self, transform_idx, condition_idx, circular, hidden, n_hidden_layers, n_bins, tail_bound):
+    def __init__(self, transform_idx, condition_idx, circular, hidden, n_hidden_layers, n_bins, tail_bound,
+                 n_context=0):
         super().__init__()
 
         def split(indices):
@@ -492,15 +586,16 @@ class _MixedSplineCoupling(nn.Module):
         self._n_real_params = self._n_real * (3 * n_bins - 1)
         n_out = self._n_real_params + self._n_circular * 3 * n_bins
         # Zero output -> uniform bins and unit derivatives in both spline kinds -> identity layer.
-        self.conditioner = zero_output_mlp(len(condition_real) + 2 * len(condition_angles), hidden,
+        self.conditioner = zero_output_mlp(len(condition_real) + 2 * len(condition_angles) + n_context, hidden,
                                            n_hidden_layers, n_out)
 
-    def _features(self, inputs):
+    def _features(self, inputs, context):
         angles = inputs[:, self.condition_circular_idx]
-        return torch.cat([inputs[:, self.condition_real_idx], torch.cos(angles), torch.sin(angles)], dim=1)
+        features = torch.cat([inputs[:, self.condition_real_idx], torch.cos(angles), torch.sin(angles)], dim=1)
+        return _with_context(features, context)
 
-    def _transform(self, inputs, inverse):
-        params = self.conditioner(self._features(inputs))
+    def _transform(self, inputs, inverse, context):
+        params = self.conditioner(self._features(inputs, context))
         batch, k = inputs.shape[0], self.n_bins
         outputs = inputs
         logabsdet = inputs.new_zeros(batch)
@@ -521,11 +616,11 @@ class _MixedSplineCoupling(nn.Module):
             logabsdet = logabsdet + lad.sum(dim=-1)
         return outputs, logabsdet
 
-    def forward(self, inputs):
-        return self._transform(inputs, inverse=False)
+    def forward(self, inputs, context=None):
+        return self._transform(inputs, inverse=False, context=context)
 
-    def inverse(self, inputs):
-        return self._transform(inputs, inverse=True)
+    def inverse(self, inputs, context=None):
+        return self._transform(inputs, inverse=True, context=context)
 
 
 class MixedSplineCouplingFlow(_CouplingFlow):
@@ -576,13 +671,15 @@ class MixedSplineCouplingFlow(_CouplingFlow):
         loc: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
         circular_loc: torch.Tensor | None = None,
+        temperature_conditioned: bool = False,
     ):
         super().__init__()
         architecture = _coupling_architecture(dim, n_layers, hidden, n_hidden_layers, n_bins, tail_bound)
         circular = [bool(c) for c in circular]
         if len(circular) != dim:
             raise ValueError(f"circular must have {dim} entries, got {len(circular)}")
-        self._config = dict(dim=int(dim), circular=circular, **architecture)
+        self._config = dict(dim=int(dim), circular=circular, **architecture,
+                            temperature_conditioned=bool(temperature_conditioned))
 
         dtype = torch.get_default_dtype()
 
@@ -610,8 +707,10 @@ class MixedSplineCouplingFlow(_CouplingFlow):
         # Derived from config, so left out of the state dict.
         self.register_buffer("real_idx", (~is_angle).nonzero()[:, 0], persistent=False)
         self.register_buffer("circular_idx", is_angle.nonzero()[:, 0], persistent=False)
+        self.register_buffer("real_mask", ~is_angle, persistent=False)
         self.layers = nn.ModuleList(
-            _MixedSplineCoupling(t, c, circular, hidden, n_hidden_layers, n_bins, float(tail_bound))
+            _MixedSplineCoupling(t, c, circular, hidden, n_hidden_layers, n_bins, float(tail_bound),
+                                 n_context=int(temperature_conditioned))
             for t, c in _coupling_partitions(dim, n_layers)
         )
 
@@ -620,12 +719,12 @@ class MixedSplineCouplingFlow(_CouplingFlow):
         """Which coordinates are angles (radians)."""
         return list(self._config["circular"])
 
-    def _to_couplings(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.circular_mask, _wrap_angle(x - self.circular_loc), (x - self.loc) / self.scale)
+    def _to_couplings(self, x: torch.Tensor, factor=None) -> torch.Tensor:
+        return torch.where(self.circular_mask, _wrap_angle(x - self.circular_loc), (x - self.loc) / self._scale(factor))
 
-    def _from_couplings(self, h: torch.Tensor) -> torch.Tensor:
-        # scale is 1 at the angles, so the log|det| of the base class holds for them too.
-        return torch.where(self.circular_mask, _wrap_angle(h + self.circular_loc), self.loc + self.scale * h)
+    def _from_couplings(self, h: torch.Tensor, factor=None) -> torch.Tensor:
+        # scale (and the temperature factor) is 1 at the angles, so the log|det| of the base class holds for them.
+        return torch.where(self.circular_mask, _wrap_angle(h + self.circular_loc), self.loc + self._scale(factor) * h)
 
     def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log of N(0, 1) per real coordinate times 1/(2π) per angle, shape [batch].

@@ -420,6 +420,46 @@ def score_training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT
     return fig
 
 
+def ladder_free_energies(mbar: xr.Dataset, ladders: dict[str, xr.Dataset], settings: FigureSettings = DEFAULT_SETTINGS):
+    """f(T) of each temperature-conditioned model against MBAR over the ladder, and its ESS/N per temperature.
+
+    f is reduced at each temperature and relative to the first, like ``mbar.nc``; the left panel shows
+    f_model − f_MBAR with the model's bootstrap error, MBAR's own error as a grey band around zero, and
+    temperatures whose estimate is unreliable as hollow grey markers.
+    """
+    sns.set_theme(style=settings.style)
+    fig, (ax_f, ax_ess) = plt.subplots(1, 2, figsize=(10.0, 3.8), layout="constrained")
+    temperatures = mbar["temperature"].values
+    ax_f.fill_between(temperatures, -mbar["df"].values, mbar["df"].values, color="0.85", label="MBAR ± 1σ")
+    ax_f.axhline(0.0, color=estimator_colour(REFERENCE.name), linewidth=1)
+    offsets = np.linspace(-0.01, 0.01, len(ladders)) if len(ladders) > 1 else [0.0]
+    for (name, ladder), offset in zip(ladders.items(), offsets, strict=True):
+        colour = estimator_colour(name)
+        t = ladder["temperature"].values
+        difference = ladder["f"].values - mbar["f"].sel(temperature=t).values
+        reliable = ladder["reliable"].values.astype(bool)
+        x = t * (1 + offset)  # side by side where several models share a temperature
+        ax_f.errorbar(x[reliable], difference[reliable], yerr=ladder["df"].values[reliable], fmt="o", color=colour,
+                      capsize=3, label=label(name))
+        if (~reliable).any():
+            ax_f.errorbar(x[~reliable], difference[~reliable], yerr=ladder["df"].values[~reliable], fmt="o",
+                          mfc="none", color=UNRELIABLE_COLOUR, capsize=3, label=f"{label(name)}: unreliable")
+        ax_ess.plot(t, ladder["ess_fraction"].values, marker="o", color=colour, label=label(name))
+    lowest = min(float(np.nanmin(ladder["ess_fraction"].values)) for ladder in ladders.values()) if ladders else 1.0
+    if lowest < 0.05:  # a log axis where the ESS spans decades; else the plain fraction
+        ax_ess.set_yscale("log")
+    else:
+        ax_ess.set_ylim(0.0, 1.02)
+    ax_f.set_xlabel("temperature (K)")
+    ax_f.set_ylabel("f(T) − f_MBAR(T)  (kT at T)")
+    ax_f.set_title("reduced free energy over the ladder, relative to the target", fontsize=9)
+    ax_f.legend(frameon=False, fontsize=7, loc="best")
+    ax_ess.set_xlabel("temperature (K)")
+    ax_ess.set_ylabel("ESS / N")
+    ax_ess.set_title("importance-sampling efficiency at each temperature", fontsize=9)
+    return fig
+
+
 def energy_distributions(md: xr.Dataset, samples: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS):
     """Histograms of the potential energy (kJ/mol): MD, flow samples, and flow samples weighted by w."""
     sns.set_theme(style=settings.style)

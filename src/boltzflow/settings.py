@@ -71,12 +71,14 @@ class FlowSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The ``sampling`` block: how many flow samples to draw, in batches of what size, on which device."""
+    """The ``sampling`` block: how many flow samples to draw, in batches of what size, on which device;
+    ``ladder_samples``: draws of a temperature-conditioned flow at each ladder temperature (``flow_ladder``)."""
 
     n_samples: int = 50000
     batch_size: int = 8192
     seed: int = 0
     device: str = "auto"
+    ladder_samples: int = 20000
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Rule train_flow: fit a flow to the target-temperature MD samples (a Boltzmann generator for molecules)."""
+"""Rules train_flow and train_flow_ladder: fit a flow to the target-temperature MD samples (a Boltzmann generator
+for molecules); with a ``ladder`` input, a temperature-conditioned flow to the MD of every temperature."""
 
 from _bootstrap import start
 
@@ -16,7 +17,8 @@ params = {"system": snakemake.params.system, "flow": snakemake.params.flow}
 system = system_from_config(snakemake.wildcards.system, params["system"])
 # A killed job leaves its checkpoint beside the output; the rerun resumes from it.
 checkpoint = f"{snakemake.output.model}.checkpoint"
+ladder = [read_netcdf(path) for path in snakemake.input.get("ladder", [])]
 model, curves = fit_flow(system, read_netcdf(snakemake.input.md), from_block(FlowSettings, params["flow"]), log=log,
-                         checkpoint_path=checkpoint, energy_workers=snakemake.threads)
+                         checkpoint_path=checkpoint, energy_workers=snakemake.threads, ladder_md=ladder or None)
 save_flow(model, snakemake.output.model)
 write_netcdf(curves_dataset(curves), snakemake.output.curves, config=params)

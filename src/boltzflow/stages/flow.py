@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from boltzflow import estimators
 from boltzflow.devices import select_device
 from boltzflow.settings import FlowSettings, SamplingSettings
 from boltzflow.stages.datasets import samples_dataset, variable
@@ -43,11 +44,17 @@ def validation_split(md: xr.Dataset, validation_fraction: float) -> tuple[np.nda
 
 
 def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, checkpoint_path=None,
-             energy_workers: int = 1):
+             energy_workers: int = 1, ladder_md: list[xr.Dataset] | None = None):
     """Train a flow on every target-temperature MD sample → (FlowGenerator, training curves).
 
     The last ``validation_fraction`` of the run in time is held out for the validation NLL
     (:func:`validation_split`).
+
+    With ``ladder_md`` (the MD of the other ladder temperatures), the flow is temperature-conditioned
+    (:class:`boltzflow.flows.FlowAtTemperature`, the temperature-steerable flow of Dibak et al.): one model
+    of q(x | T) fitted to the frames of every temperature at once, each temperature's last stretch held out;
+    the coordinate map and the standardization come from the target's frames, and the energy terms and
+    the ESS monitor act at the target. :func:`flow_at_temperature` gives its generator at any temperature.
 
     Maximum likelihood on the model coordinates, standardized by the data mean and standard deviation
     (circular coordinates: by their circular mean), plus ``energy_weight`` × the reverse KL to the
@@ -63,7 +70,7 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     """
     import torch
 
-    from boltzflow.flows import MixedSplineCouplingFlow, SplineCouplingFlow
+    from boltzflow.flows import FlowAtTemperature, MixedSplineCouplingFlow, SplineCouplingFlow
     from boltzflow.generators import FlowGenerator
     from boltzflow.training import BufferSettings, train_flow
 
@@ -77,14 +84,24 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     circular = coordinates.circular
     loc = torch.where(circular, torch.zeros_like(data[0]), data.mean(0))
     scale = torch.where(circular, torch.ones_like(data[0]), data.std(0).clamp_min(1e-6))
+    conditioned = dict(temperature_conditioned=True) if ladder_md else {}
     if circular.any():
         flow = MixedSplineCouplingFlow(dim=data.shape[1], circular=circular.tolist(), loc=loc, scale=scale,
-                                       circular_loc=coordinates.circular_mean.to(data.dtype), **settings.architecture)
+                                       circular_loc=coordinates.circular_mean.to(data.dtype), **settings.architecture,
+                                       **conditioned)
     else:
-        flow = SplineCouplingFlow(dim=data.shape[1], loc=loc, scale=scale, **settings.architecture)
+        flow = SplineCouplingFlow(dim=data.shape[1], loc=loc, scale=scale, **settings.architecture, **conditioned)
     generator = FlowGenerator(coordinates.coordinate_map, flow)
-    log(f"training a flow on {len(data)} MD samples at {system.target_temperature_k:g} K: {data.shape[1]} model "
-        f"coordinates ({int(circular.sum())} circular), {sum(p.numel() for p in flow.parameters())} parameters")
+    trained, validation_fraction = flow, settings.validation_fraction
+    if ladder_md:
+        data, validation_fraction = _ladder_rows(system, coordinates.coordinate_map, data, len(validation_index),
+                                                 ladder_md, settings.validation_fraction)
+        trained = FlowAtTemperature(flow, 1.0)
+        log(f"temperature-conditioned: frames of {1 + len(ladder_md)} temperatures, "
+            f"{int(round(validation_fraction * len(data)))} held out")
+    log(f"training a flow on {len(data)} MD samples at {system.target_temperature_k:g} K"
+        + (" and above" if ladder_md else "") + f": {flow.dim} model coordinates ({int(circular.sum())} circular), "
+        f"{sum(p.numel() for p in flow.parameters())} parameters")
 
     phases = [dict(steps=settings.steps, learning_rate=settings.learning_rate, energy_weight=settings.energy_weight,
                    energy_batch_size=settings.energy_batch_size, patience=settings.early_stopping_patience,
@@ -109,17 +126,46 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
                     + f", {phase['steps']} steps, energy_weight {phase['energy_weight']:g}"
                     + (f", buffer_weight {phase['buffer'].weight:g}" if phase["buffer"] else ""))
             phase_curves = train_flow(
-                flow.to(device), data.to(device),
+                trained.to(device), data.to(device),
                 reduced_energy=coordinates.coordinate_map.reduced_energy_internal(reduced_energy),
                 ess_samples=ESS_MONITOR_SAMPLES, steps=phase["steps"], batch_size=settings.batch_size,
                 learning_rate=phase["learning_rate"], energy_weight=phase["energy_weight"],
                 energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
-                validation_fraction=settings.validation_fraction, seed=phase["seed"], log=log,
+                validation_fraction=validation_fraction, seed=phase["seed"], log=log,
                 checkpoint_path=phase["checkpoint"], buffer=phase["buffer"])
             phase_curves["phase"] = np.full(len(phase_curves["step"]), number, dtype=np.int64)
             curves = phase_curves if curves is None else _append_curves(curves, phase_curves)
     generator.flow = flow.cpu()
     return generator, curves
+
+
+def _ladder_rows(system, coordinate_map, target_data, n_target_validation: int, ladder_md: list[xr.Dataset],
+                 validation_fraction: float):
+    """Every temperature's frames as rows (model coordinates, then T / T_target), for a temperature-conditioned
+    flow: all training rows first, then all validation blocks (train_flow holds out the last rows) → (rows,
+    the fraction of them held out)."""
+    import torch
+
+    target = torch.cat([target_data, torch.ones_like(target_data[:, :1])], dim=1)
+    training, validation = [target[:-n_target_validation]], [target[-n_target_validation:]]
+    for md in ladder_md:
+        ratio = float(md.attrs["temperature_k"]) / system.target_temperature_k
+        train_index, validation_index = validation_split(md, validation_fraction)
+        positions = md["positions"].values[np.concatenate([train_index, validation_index])]
+        y = coordinate_map.model_coordinates(torch.as_tensor(positions)).to(target_data.dtype)
+        rows = torch.cat([y, torch.full_like(y[:, :1], ratio)], dim=1)
+        training.append(rows[:len(train_index)])
+        validation.append(rows[len(train_index):])
+    rows = torch.cat(training + validation)
+    return rows, sum(len(block) for block in validation) / len(rows)
+
+
+def flow_at_temperature(generator, temperature_ratio: float):
+    """The generator of a temperature-conditioned flow at T = ``temperature_ratio`` × T_target."""
+    from boltzflow.flows import FlowAtTemperature
+    from boltzflow.generators import FlowGenerator
+
+    return FlowGenerator(generator.coordinate_map, FlowAtTemperature(generator.flow, temperature_ratio))
 
 
 def _append_curves(first: dict, second: dict) -> dict:
@@ -162,6 +208,42 @@ def sample_flow_stage(system, generator, settings: SamplingSettings, log=print, 
         x, log_q, u = sample_flow(generator, reduced_energy, settings.n_samples, settings.seed, settings.batch_size,
                                   log=log)
     return samples_dataset(system, x, log_q, u)
+
+
+def sample_ladder_stage(system, generator, settings: SamplingSettings, log=print, energy_workers: int = 1
+                        ) -> xr.Dataset:
+    """``settings.ladder_samples`` draws of a temperature-conditioned flow at every ladder temperature T →
+    their log-weights -u_T - ln q(x | T) and reduced energies u_T = u_target T_target / T over (temperature,
+    sample), without positions (``stages.ladder.ladder_estimates`` turns them into f(T))."""
+    import torch
+
+    from boltzflow.samplers import sample_flow
+
+    device = select_device(settings.device, log=log)
+    temperatures = np.asarray(system.temperatures_k, dtype=float)
+    log_w, u = [], []
+    with system.energy(energy_workers) as reduced_energy:
+        for k, temperature in enumerate(temperatures):
+            ratio = temperature / temperatures[0]
+            log(f"{temperature:g} K ({k + 1}/{len(temperatures)}):")
+            model = flow_at_temperature(generator, ratio).to(device)
+
+            def energy_at(x: torch.Tensor, ratio=ratio) -> torch.Tensor:
+                return reduced_energy(x) / ratio
+
+            _, log_q, u_k = sample_flow(model, energy_at, settings.ladder_samples, settings.seed + 1 + k,
+                                        settings.batch_size, log=log)
+            log_w_k, n_nonfinite = estimators.log_weights(u_k, log_q)
+            log(f"  ESS/N {estimators.ess_fraction(log_w_k):.4f}, {n_nonfinite} non-finite dropped")
+            log_w.append(log_w_k)
+            u.append(u_k)
+    return xr.Dataset(
+        {"log_w": variable(("temperature", "sample"), np.stack(log_w), "1",
+                           "log importance weight -u_T - ln q(x | T) (-inf: non-finite, dropped)"),
+         "reduced_energy": variable(("temperature", "sample"), np.stack(u), "1",
+                                    "reduced energy u_T = E / kT at the sample's temperature")},
+        coords={"temperature": ("temperature", temperatures, {"units": "K", "long_name": "temperature"})},
+    )
 
 
 def curves_dataset(curves: dict) -> xr.Dataset:
