@@ -2,12 +2,13 @@
 target-energy evaluations, beside published anchors.
 
     python benchmarks/aldp_ess.py --md results/alanine_dipeptide/md/300K.nc [--config config/config.yaml]
-                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer]
+                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer ladder]
                                   [--samples 100000] [--log-curves]
 
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
 of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
-(SCHEMES below; ``default`` is the config as it is), then draws ``--samples`` fresh samples as sample_flow
+(SCHEMES below; ``default`` is the config as it is; the LADDER_SCHEMES train the temperature-conditioned flow of
+``flow_ladder`` on the MD files of every ladder temperature beside ``--md`` and sample it at the target), then draws ``--samples`` fresh samples as sample_flow
 does. Printed per scheme: training CPU seconds (this process, one thread), target-energy evaluations
 during training (OpenMM energies of flow samples: reverse KL, replay buffer and the ESS monitor; the MD's
 own force evaluations are counted apart, below), the raw and trimmed ESS/N (Kish, normalized:
@@ -27,10 +28,10 @@ import torch
 import yaml
 
 from boltzflow import estimators
-from boltzflow.config import load_schema, validate_config
+from boltzflow.config import load_schema, temperature_label, validate_config
 from boltzflow.io import read_netcdf
 from boltzflow.settings import FlowSettings, SamplingSettings, from_block
-from boltzflow.stages.flow import fit_flow, sample_flow_stage
+from boltzflow.stages.flow import fit_flow, flow_at_temperature, sample_flow_stage
 from boltzflow.systems import system_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,12 @@ SCHEMES = {
                    "refine_learning_rate": 3e-4, "refine_buffer_weight": 0.0},
     "refine_buffer": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 0.0,
                       "refine_learning_rate": 3e-4, "refine_buffer_weight": 1.0},
+    "ladder": {},
+    "ladder_refine_rkl": {"refine_steps": 750, "refine_energy_weight": 1.0, "refine_learning_rate": 1e-3,
+                          "refine_energy_batch_size": 1024},
 }
+#: Schemes that train on the whole ladder (a temperature-conditioned flow, estimator flow_ladder).
+LADDER_SCHEMES = {"ladder", "ladder_refine_rkl"}
 
 #: Published ESS/N for alanine dipeptide in implicit solvent, internal-coordinate spline flows (Table 1 of
 #: von Klitzing et al., Constrained Mass Transport; the energy-trained ones at about 1e8 target evaluations).
@@ -94,7 +100,13 @@ def main():
         system = CountingSystem(system_from_config(args.system, system_config))
         start = time.process_time()
         log = print if args.log_curves else (lambda message: None)
-        model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log)
+        ladder = None
+        if name in LADDER_SCHEMES:
+            folder = Path(args.md).parent
+            ladder = [read_netcdf(folder / f"{temperature_label(t)}K.nc") for t in system_config["temperatures"][1:]]
+        model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log, ladder_md=ladder)
+        if ladder:
+            model = flow_at_temperature(model, 1.0)
         cpu = time.process_time() - start
         evaluations = system.evaluations
         sampling = {**system_config["sampling"], "n_samples": args.samples, "device": "cpu"}

@@ -217,6 +217,29 @@ def test_defaults_are_filled_for_every_system():
     assert double_well["analysis"]["bootstrap"] == 200
 
 
+def test_a_molecule_starts_from_the_defaults_measured_on_a_molecule_not_the_toys():
+    molecule = {key: DEFAULT["systems"]["alanine_dipeptide"][key]
+                for key in ("type", "pdb", "temperatures", "cvs", "states")}
+    toy = {key: DEFAULT["systems"]["double_well"][key] for key in ("type", "energy", "temperatures", "states")}
+    config = validate_config({"systems": {"peptide": {**molecule, "flow": {"steps": 700}}, "toy": toy}}, SCHEMA)
+    peptide, toy = config["systems"]["peptide"], config["systems"]["toy"]
+    kind_defaults = SCHEMA["$defs"]["molecule"]["x-kind-defaults"]
+    for block, defaults in kind_defaults.items():
+        for key, value in defaults.items():
+            if (block, key) != ("flow", "steps"):
+                assert peptide[block][key] == value, (block, key)
+    assert peptide["flow"]["steps"] == 700  # what the user gives wins
+    assert peptide["flow"]["n_layers"] == toy["flow"]["n_layers"] == 8  # the shared default where no kind sets one
+    # A toy keeps the shared (toy-tuned) defaults; they differ from a molecule's.
+    assert (toy["flow"]["learning_rate"], toy["flow"]["energy_weight"]) == (0.003, 0.0)
+    assert (peptide["flow"]["learning_rate"], peptide["flow"]["energy_weight"]) == (0.001, 0.1)
+    # The shipped alanine dipeptide config states them explicitly, with what each measured: the same values.
+    shipped = DEFAULT["systems"]["alanine_dipeptide"]
+    for block, defaults in kind_defaults.items():
+        for key, value in defaults.items():
+            assert shipped[block].get(key, value) == value, (block, key)
+
+
 def _rejected_config_lines(workdir, bad_yaml: str) -> list[str]:
     """Dry-run with the bad config; it must fail without a traceback or results. Returns its error lines."""
     (workdir / "bad.yaml").write_text(bad_yaml)

@@ -3,7 +3,8 @@
 Two passes, both raising :class:`ConfigError` with a one-line message that names the key:
 
 1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
-   defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do);
+   defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do), first
+   those of the system's kind (``x-kind-defaults``: a molecule's flow and score settings are not a toy's);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
    overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
@@ -95,6 +96,16 @@ def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
                 _fill_defaults(value, extra, root)
 
 
+def _fill_kind_defaults(system: dict, kind_defaults: dict) -> None:
+    """The defaults of this kind of system (a molecule's are not a toy's), under the keys the user left out;
+    a block given as something other than a mapping is left to the schema's error."""
+    for block, defaults in kind_defaults.items():
+        given = system.setdefault(block, {})
+        if isinstance(given, dict):
+            for key, value in defaults.items():
+                given.setdefault(key, copy.deepcopy(value))
+
+
 def _resolve(ref: str, root: dict) -> dict:
     if not ref.startswith("#/"):
         raise ConfigError(f"schema: only local $ref are supported, got {ref!r}")
@@ -112,6 +123,7 @@ def validate_config(config: dict, schema: dict) -> dict:
     for system in (systems.values() if isinstance(systems, dict) else ()):
         # Each kind of system has its own defaults; the schema picks the kind by its type.
         if isinstance(system, dict) and system.get("type") in SYSTEM_KINDS:
+            _fill_kind_defaults(system, schema["$defs"][system["type"]].get("x-kind-defaults", {}))
             _fill_defaults(system, schema["$defs"][system["type"]], schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
