@@ -180,7 +180,7 @@ def figures_of(system_name):
     if "score" in models:
         figures.append("score_training")
     if any(estimator.ladder for estimator in estimators):
-        figures.append("ladder_free_energies")
+        figures += ["ladder_free_energies", "training_flow_ladder"]
     return figures
 
 

@@ -113,6 +113,33 @@ rule figure_training:
         "../workflow/scripts/figure_training.py"
 
 
+rule figure_training_flow_ladder:
+    """Figure: the temperature-conditioned flow's training curves, and ESS at the target over training."""
+    input:
+        curves="results/{system}/models/flow_ladder_training.nc",
+    output:
+        report(
+            "results/{system}/figures/training_flow_ladder.png",
+            caption="../report/training_flow_ladder.rst",
+            category="{system}",
+            subcategory="diagnostics",
+        ),
+    params:
+        figures=figure_params,
+    log:
+        "results/{system}/logs/figure_training_flow_ladder.log",
+    benchmark:
+        "results/{system}/benchmarks/figure_training_flow_ladder.tsv"
+    conda:
+        "../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow/scripts/figure_training.py"
+
+
 rule figure_energy_distributions:
     """Figure: potential energies of MD, flow and reweighted flow."""
     input:

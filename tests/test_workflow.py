@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 TOY_SYSTEMS = ["mueller_brown", "double_well"]
 SYSTEMS = [*TOY_SYSTEMS, "alanine_dipeptide"]
 FIGURES = ["free_energy_surfaces", "free_energy_profiles", "log_weights", "training", "energy_distributions",
-           "cost", "score_training", "ladder_free_energies"]
+           "cost", "score_training", "ladder_free_energies", "training_flow_ladder"]
 MODEL_ESTIMATORS = ["flow", "flow_raw", "score_exact", "score_exact_raw", "score_hutchinson", "score_perturbation",
                     "score_perturbation_multistep", "flow_ladder", "flow_smc", "score_smc", "flow_mcmc"]
 
@@ -331,7 +331,8 @@ def _planned_jobs(output: str) -> dict[str, int]:
 
 SUMMARY_FIGURES = {"summary", "summary_html", "figure_free_energy_surfaces", "figure_free_energy_profiles",
                    "figure_log_weights", "figure_cost", "all"}
-LADDER_FLOW = {"train_flow_ladder", "sample_flow_ladder", "ladder", "figure_ladder_free_energies"}
+LADDER_FLOW = {"train_flow_ladder", "sample_flow_ladder", "ladder", "figure_ladder_free_energies",
+               "figure_training_flow_ladder"}
 DOWNSTREAM_OF_FLOW = SUMMARY_FIGURES | LADDER_FLOW | {"train_flow", "sample_flow", "smc", "flow_mcmc", "reweight",
                                                       "figure_training", "figure_energy_distributions"}
 DOWNSTREAM_OF_SCORE = SUMMARY_FIGURES | {"train_score", "sample_score", "smc", "reweight", "figure_score_training"}
@@ -340,13 +341,13 @@ DOWNSTREAM_OF_MD = DOWNSTREAM_OF_FLOW | DOWNSTREAM_OF_SCORE | {"mbar"}
 
 FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "figure_log_weights",
                 "figure_training", "figure_energy_distributions", "figure_cost", "figure_score_training",
-                "figure_ladder_free_energies", "all"}
+                "figure_ladder_free_energies", "figure_training_flow_ladder", "all"}
 
 
 @pytest.mark.parametrize("change, expected", [
     ({"systems": {"double_well": {"flow": {"learning_rate": 0.002}}}}, DOWNSTREAM_OF_FLOW),
     ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
-     DOWNSTREAM_OF_FLOW - {"train_flow", "train_flow_ladder", "figure_training", "smc"}),
+     DOWNSTREAM_OF_FLOW - {"train_flow", "train_flow_ladder", "figure_training", "figure_training_flow_ladder", "smc"}),
     # Exact job counts where a set of names could hide a sibling that should not rerun: a score setting
     # reruns the four probability-flow samplers and the score SMC (not the flow's), a probe count only
     # the Hutchinson sampler, an SMC setting both SMC runs.
