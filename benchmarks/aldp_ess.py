@@ -7,15 +7,15 @@ target-energy evaluations, beside published anchors.
 
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
 of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
-(SCHEMES below; ``default`` is the config as it is; the LADDER_SCHEMES train the temperature-conditioned flow of
-``flow_ladder`` on the MD files of every ladder temperature beside ``--md`` and sample it at the target), then draws ``--samples`` fresh samples as sample_flow
-does. Printed per scheme: training CPU seconds (this process, one thread), target-energy evaluations
-during training (OpenMM energies of flow samples: reverse KL, replay buffer and the ESS monitor; the MD's
-own force evaluations are counted apart, below), the raw and trimmed ESS/N (Kish, normalized:
-(Σw)² / (N Σw²) over all N samples, zero-weight samples included), and the reweighted ΔF of the second
-state against the first (no error bar here: the pipeline's reweight rule gives it with one), beside the
-anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas × runs) and are not
-counted here.
+(SCHEMES below; ``default`` is the config as it is; the LADDER_SCHEMES train the temperature-conditioned flow
+of ``flow_ladder`` on the MD files of every ladder temperature beside ``--md`` and sample it at the target),
+then draws ``--samples`` fresh samples as sample_flow does. Printed per scheme: training CPU seconds (this
+process, one thread), target-energy evaluations during training (OpenMM energies of flow samples: reverse KL,
+replay buffer and the ESS monitor; the MD's own force evaluations are counted apart, below), the raw and
+trimmed ESS/N (Kish, normalized: (Σw)² / (N Σw²) over all N samples, zero-weight samples included), and the
+reweighted ΔF of the second state against the first (no error bar here: the pipeline's reweight rule gives it
+with one), beside the anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas ×
+runs) and are not counted here.
 """
 
 import argparse
