@@ -54,8 +54,8 @@ def test_untrained_conditioned_flow_is_the_gaussian_widened_by_the_root_of_the_t
 
 def test_a_conditioned_flow_takes_one_temperature_per_row_and_needs_one():
     flow = _randomized(MixedSplineCouplingFlow(4, circular=[False, True, False, True], n_layers=4, hidden=16,
-                                               temperature_conditioned=True))
-    ratios = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+                                               temperature_conditioned=True)).double()
+    ratios = torch.tensor([1.0, 2.0, 3.0, 1.0, 2.0, 3.0], dtype=torch.float64)
     x, log_q = flow.sample(6, generator=torch.Generator().manual_seed(1), temperature_ratio=ratios)
     for row in range(6):
         torch.testing.assert_close(flow.log_prob(x[row:row + 1], float(ratios[row])), log_q[row:row + 1])
@@ -67,6 +67,44 @@ def test_a_conditioned_flow_takes_one_temperature_per_row_and_needs_one():
         flow.log_prob(x)
     with pytest.raises(ValueError, match="not temperature-conditioned"):
         SplineCouplingFlow(2).log_prob(torch.zeros(1, 2), 2.0)
+
+
+def _ladder_samples(widths, temperatures=(300.0, 400.0, 600.0), n=20000, seed=0):
+    """log w of x ~ N(0, (width √τ)²) against u_T = x² / 2τ, one row per temperature."""
+    rng = np.random.default_rng(seed)
+    temperatures = np.asarray(temperatures)
+    log_w = []
+    for width, ratio in zip(widths, temperatures / temperatures[0], strict=True):
+        sd = width * math.sqrt(ratio)
+        x = rng.normal(0.0, sd, n)
+        log_w.append(-0.5 * x ** 2 / ratio + 0.5 * (x / sd) ** 2 + math.log(sd * math.sqrt(2 * math.pi)))
+    return xr.Dataset({"log_w": (("temperature", "sample"), np.array(log_w))}, coords={"temperature": temperatures})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # k̂ of constant weights
+def test_the_error_of_f_includes_the_error_of_ln_z_at_the_target():
+    from boltzflow import estimators
+
+    # Exact proposals above the target: their ln Z has no error, so f's error there is the target's alone.
+    samples = _ladder_samples([1.3, 1.0, 1.0], n=4000)
+    settings = AnalysisSettings(bootstrap=50)
+    ladder = ladder_estimates(samples, settings)
+    se_target = estimators.bootstrap(estimators.log_partition_function, samples.log_w.values[0], settings.bootstrap,
+                                     settings.seed).standard_error
+    assert se_target > 0 and ladder.df.values[0] == 0
+    np.testing.assert_allclose(ladder.df.values[1:], se_target, rtol=1e-9)
+    samples = _ladder_samples([1.3, 1.3, 1.3], n=4000)
+    se = np.array([estimators.bootstrap(estimators.log_partition_function, log_w, settings.bootstrap,
+                                        settings.seed + k).standard_error
+                   for k, log_w in enumerate(samples.log_w.values)])
+    np.testing.assert_allclose(ladder_estimates(samples, settings).df.values[1:], np.hypot(se[1:], se[0]), rtol=1e-9)
+
+
+def test_a_failure_at_the_target_makes_every_temperature_unreliable():
+    ladder = ladder_estimates(_ladder_samples([0.3, 1.2, 1.2]), AnalysisSettings(bootstrap=20))
+    assert not ladder.reliable.values.any()
+    assert "k̂" in ladder.reason.values[0]
+    assert list(ladder.reason.values[1:]) == ["300 K: " + ladder.reason.values[0]] * 2
 
 
 def test_ladder_estimates_recover_the_harmonic_free_energies_and_flag_a_heavy_tail():
@@ -127,6 +165,37 @@ def _exact_samples(system, temperature_k, n, seed):
     return xr.Dataset({"positions": (("sample", "cv"), positions)}, attrs={"temperature_k": temperature_k})
 
 
+def test_ladder_rows_hold_out_the_last_stretch_of_every_temperature_and_nothing_else(double_well):
+    from boltzflow.stages.flow import _ladder_rows, validation_split
+    from boltzflow.training import validation_count
+
+    rng = np.random.default_rng(0)
+
+    def md(temperature_k, n):
+        time = rng.permutation(n).astype(float)  # x = time, y = temperature, stored out of time order
+        positions = np.stack([time, np.full(n, temperature_k)], axis=1)
+        return xr.Dataset({"positions": (("sample", "cv"), positions), "time": ("sample", time)},
+                          attrs={"temperature_k": temperature_k})
+
+    target, hot = md(300.0, 200), [md(400.0, 150), md(500.0, 120)]
+    train_index, validation_index = validation_split(target, 0.1)
+    positions = target["positions"].values[np.concatenate([train_index, validation_index])]
+    coordinates = double_well.model_coordinates(positions)
+    rows, fraction = _ladder_rows(double_well, coordinates.coordinate_map, coordinates.y.float(),
+                                  len(validation_index), hot, 0.1)
+    n_validation = validation_count(len(rows), fraction)
+    training, validation = rows[:-n_validation].numpy(), rows[-n_validation:].numpy()
+    assert len(rows) == 200 + 150 + 120
+    for temperature_k, n in ((300.0, 200), (400.0, 150), (500.0, 120)):
+        ratio = temperature_k / 300.0
+        train_t = np.sort(training[np.isclose(training[:, 2], ratio)][:, 0])
+        valid_t = np.sort(validation[np.isclose(validation[:, 2], ratio)][:, 0])
+        assert np.all(np.isclose(training[np.isclose(training[:, 2], ratio)][:, 1], temperature_k))
+        n_held = validation_count(n, 0.1)
+        np.testing.assert_array_equal(train_t, np.arange(n - n_held))
+        np.testing.assert_array_equal(valid_t, np.arange(n - n_held, n))
+
+
 def test_ladder_flow_free_energies_match_quadrature_on_a_double_well(double_well, tmp_path):
     temperatures = double_well.temperatures_k
     md = [_exact_samples(double_well, t, 6000, seed) for seed, t in enumerate(temperatures)]
@@ -149,3 +218,13 @@ def test_ladder_flow_free_energies_match_quadrature_on_a_double_well(double_well
     x, log_q = flow_at_temperature(generator, 1.0).sample(5, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(generator.flow.log_prob(x.float(), 1.0).double(), log_q, atol=1e-4, rtol=1e-4)
     assert kt_kj_mol(temperatures[0]) > 0
+
+
+def test_a_ladder_flow_refines_with_a_replay_buffer_of_its_own_target_samples(double_well):
+    # Ladder rows carry one more column (their temperature) than the flow's samples that fill the buffer.
+    md = [_exact_samples(double_well, t, 400, seed) for seed, t in enumerate(double_well.temperatures_k)]
+    settings = FlowSettings(n_layers=2, hidden=8, steps=2, batch_size=32, refine_steps=3, refine_energy_weight=0.0,
+                            refine_buffer_weight=1.0, refine_buffer_samples=64, refine_buffer_refresh_every=1,
+                            device="cpu")
+    _, curves = fit_flow(double_well, md[0], settings, log=lambda _: None, ladder_md=md[1:])
+    assert np.isfinite(curves["buffer_nll"][-1]) and curves["step"][-1] == 5

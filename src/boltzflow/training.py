@@ -376,7 +376,8 @@ class _FlowObjective:
                  energy_batch_size, monitor_energy, ess_samples, seed, buffer: BufferSettings | None = None):
         self.model, self.train_split, self.validation = model, train_split, validation
         self.buffer = buffer if buffer is not None and buffer.weight > 0 else None
-        self.buffer_x = train_split.new_empty((0, train_split.shape[1]))
+        # The flow's own samples (rows of ladder training data carry one more column, their temperature).
+        self.buffer_x = train_split.new_empty((0, model.dim))
         self.buffer_log_w = torch.empty(0, dtype=torch.float64, device=train_split.device)
         self.steps_taken = 0
         self.batch_size, self.energy_batch_size = batch_size, energy_batch_size

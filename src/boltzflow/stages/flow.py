@@ -51,7 +51,7 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     (:func:`validation_split`).
 
     With ``ladder_md`` (the MD of the other ladder temperatures), the flow is temperature-conditioned
-    (:class:`boltzflow.flows.FlowAtTemperature`, the temperature-steerable flow of Dibak et al.): one model
+    (:class:`boltzflow.flows.FlowAtTemperature`, temperature-conditioned after Dibak et al.): one model
     of q(x | T) fitted to the frames of every temperature at once, each temperature's last stretch held out;
     the coordinate map and the standardization come from the target's frames, and the energy terms and
     the ESS monitor act at the target. :func:`flow_at_temperature` gives its generator at any temperature.
@@ -147,7 +147,8 @@ def _ladder_rows(system, coordinate_map, target_data, n_target_validation: int, 
     import torch
 
     target = torch.cat([target_data, torch.ones_like(target_data[:, :1])], dim=1)
-    training, validation = [target[:-n_target_validation]], [target[-n_target_validation:]]
+    n_target_training = len(target) - n_target_validation
+    training, validation = [target[:n_target_training]], [target[n_target_training:]]
     for md in ladder_md:
         ratio = float(md.attrs["temperature_k"]) / system.target_temperature_k
         train_index, validation_index = validation_split(md, validation_fraction)

@@ -47,9 +47,9 @@ def ladder_estimates(samples: xr.Dataset, settings: AnalysisSettings) -> xr.Data
     df = np.sqrt(ln_z_err ** 2 + ln_z_err[0] ** 2)
     df[0] = 0.0
     # f at every temperature is relative to the first: the first one's trouble is everyone's.
+    target_reason = f"{samples.temperature.values[0]:g} K: " + "; ".join(reasons[0])
     for k in range(n_temperatures):
-        found = reasons[k] + ([f"{samples.temperature.values[0]:g} K: " + "; ".join(reasons[0])]
-                              if k and reasons[0] else [])
+        found = reasons[k] + ([target_reason] if k and reasons[0] else [])
         reliable.append(not found)
         reasons[k] = "; ".join(found)
     return xr.Dataset(
