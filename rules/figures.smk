@@ -99,6 +99,7 @@ rule figure_training:
         ),
     params:
         figures=figure_params,
+        estimator="flow",
     log:
         "results/{system}/logs/figure_training.log",
     benchmark:
@@ -126,6 +127,7 @@ rule figure_training_flow_ladder:
         ),
     params:
         figures=figure_params,
+        estimator="flow_ladder",
     log:
         "results/{system}/logs/figure_training_flow_ladder.log",
     benchmark:

@@ -377,9 +377,19 @@ def _loss_panels(axes, curves: xr.Dataset, terms: list[tuple[str, str, list[str]
             ax.legend(frameon=False, fontsize=7, loc="best")
 
 
-def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS):
-    """The flow's training: NLL (training and validation), the reverse-KL term if used, each on its own
-    axis, and ESS/N of the monitor samples over training."""
+def _ess_scale(ax, values) -> None:
+    """ESS/N on a log axis where it spans decades, else as the plain fraction from 0 to 1."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() < 0.05:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0.0, 1.02)
+
+
+def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS, estimator: str = "flow"):
+    """A flow's training: NLL (training and validation), the reverse-KL term if used, each on its own
+    axis, and ESS/N of the monitor samples over training, in ``estimator``'s colour."""
     sns.set_theme(style=settings.style)
     terms = [("negative log-likelihood", "nats per sample", ["train_nll", "validation_nll"])]
     if np.isfinite(curves["reverse_kl"].values).any():
@@ -390,13 +400,14 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
     _loss_panels(axes[:-1], curves, terms)
     ax_ess = axes[-1]
     if "ess_fraction" in curves:
-        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour("flow"),
+        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour(estimator),
                     label="monitor samples (fixed noise)")
     if "buffer_ess_fraction" in curves and np.isfinite(curves["buffer_ess_fraction"].values).any():
         ax_ess.plot(curves["step"], curves["buffer_ess_fraction"], color="0.4", linestyle="--",
                     label="replay buffer (all its samples)")
         ax_ess.legend(frameon=False, fontsize=7, loc="lower right")
-    ax_ess.set_yscale("log")
+    _ess_scale(ax_ess, np.concatenate([curves[name].values for name in ("ess_fraction", "buffer_ess_fraction")
+                                       if name in curves]))
     ax_ess.set_title("ESS / N over training", fontsize=9)
     if "phase" in curves and (curves["phase"].values > 0).any():
         # The refinement starts after the last maximum-likelihood record; its loss terms begin there.
@@ -445,11 +456,7 @@ def ladder_free_energies(mbar: xr.Dataset, ladders: dict[str, xr.Dataset], setti
             ax_f.errorbar(x[~reliable], difference[~reliable], yerr=ladder["df"].values[~reliable], fmt="o",
                           mfc="none", color=UNRELIABLE_COLOUR, capsize=3, label=f"{label(name)}: unreliable")
         ax_ess.plot(t, ladder["ess_fraction"].values, marker="o", color=colour, label=label(name))
-    lowest = min(float(np.nanmin(ladder["ess_fraction"].values)) for ladder in ladders.values()) if ladders else 1.0
-    if lowest < 0.05:  # a log axis where the ESS spans decades; else the plain fraction
-        ax_ess.set_yscale("log")
-    else:
-        ax_ess.set_ylim(0.0, 1.02)
+    _ess_scale(ax_ess, np.concatenate([ladder["ess_fraction"].values for ladder in ladders.values()] or [[1.0]]))
     ax_f.set_xlabel("temperature (K)")
     ax_f.set_ylabel("f(T) − f_MBAR(T)  (kT at T)")
     ax_f.set_title("reduced free energy over the ladder, relative to the target", fontsize=9)

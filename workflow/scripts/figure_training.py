@@ -8,5 +8,6 @@ from boltzflow.io import read_netcdf
 from boltzflow.plots import save_figure, training_curves
 from boltzflow.settings import FigureSettings, from_block
 
-figure = training_curves(read_netcdf(snakemake.input.curves), from_block(FigureSettings, snakemake.params.figures))
+figure = training_curves(read_netcdf(snakemake.input.curves), from_block(FigureSettings, snakemake.params.figures),
+                         estimator=snakemake.params.estimator)
 save_figure(figure, snakemake.output[0])
