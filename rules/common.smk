@@ -308,6 +308,11 @@ def flow_params(wildcards):
     return _system(wildcards)["flow"]
 
 
+def ladder_flow_params(wildcards):
+    """The temperature-conditioned flow's settings: the flow block with flow_ladder's keys on top."""
+    return _system(wildcards)["flow_ladder"]
+
+
 def sampling_params(wildcards):
     """The sampling block without the ladder's sample count, which only the temperature-conditioned flow uses."""
     return {key: value for key, value in _system(wildcards)["sampling"].items() if key != "ladder_samples"}

@@ -30,7 +30,7 @@ rule train_flow:
 
 
 rule train_flow_ladder:
-    """Train one temperature-conditioned flow on the MD of every ladder temperature (the flow block's settings)."""
+    """Train one temperature-conditioned flow on the MD of every ladder temperature (flow block + flow_ladder)."""
     input:
         md=target_md_file,
         ladder=ladder_md_files,
@@ -39,7 +39,7 @@ rule train_flow_ladder:
         curves="results/{system}/models/flow_ladder_training.nc",
     params:
         system=ladder_model_params,
-        flow=flow_params,
+        flow=ladder_flow_params,
     log:
         "results/{system}/logs/train_flow_ladder.log",
     benchmark:

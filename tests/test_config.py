@@ -240,6 +240,19 @@ def test_a_molecule_starts_from_the_defaults_measured_on_a_molecule_not_the_toys
             assert shipped[block].get(key, value) == value, (block, key)
 
 
+def test_the_ladder_flow_takes_the_flow_block_with_its_own_keys_on_top():
+    config = copy.deepcopy(DEFAULT)
+    config["systems"]["double_well"]["flow_ladder"] = {"hidden": 32}
+    config = validate_config(config, SCHEMA)
+    double_well, mueller_brown = config["systems"]["double_well"], config["systems"]["mueller_brown"]
+    assert double_well["flow_ladder"] == {**double_well["flow"], "hidden": 32}
+    assert mueller_brown["flow_ladder"] == mueller_brown["flow"]  # nothing given: the flow block as it is
+    bad = copy.deepcopy(DEFAULT)
+    bad["systems"]["double_well"]["flow_ladder"] = {"hidden": 0}
+    with pytest.raises(ConfigError, match=r"^systems\.double_well\.flow_ladder\.hidden: "):
+        validate_config(bad, SCHEMA)
+
+
 def _rejected_config_lines(workdir, bad_yaml: str) -> list[str]:
     """Dry-run with the bad config; it must fail without a traceback or results. Returns its error lines."""
     (workdir / "bad.yaml").write_text(bad_yaml)

@@ -346,6 +346,8 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
 
 @pytest.mark.parametrize("change, expected", [
     ({"systems": {"double_well": {"flow": {"learning_rate": 0.002}}}}, DOWNSTREAM_OF_FLOW),
+    # The temperature-conditioned flow's own keys rerun only it and what reads its samples.
+    ({"systems": {"double_well": {"flow_ladder": {"hidden": 32}}}}, SUMMARY_FIGURES | LADDER_FLOW | {"reweight"}),
     ({"systems": {"double_well": {"sampling": {"n_samples": 30000}}}},
      DOWNSTREAM_OF_FLOW - {"train_flow", "train_flow_ladder", "figure_training", "figure_training_flow_ladder", "smc"}),
     # Exact job counts where a set of names could hide a sibling that should not rerun: a score setting
@@ -372,7 +374,7 @@ FIGURES_ONLY = {"figure_free_energy_surfaces", "figure_free_energy_profiles", "f
     ({"figures": {"max_kt": 8}}, {"figure_free_energy_surfaces", "all"}),
     ({"figures": {"min_bin_effective_samples": 20}},
      {"figure_free_energy_surfaces", "figure_free_energy_profiles", "all"}),
-], ids=["flow", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "resampled-frames",
+], ids=["flow", "flow-ladder", "sampling", "score", "hutchinson-probes", "smc", "md", "replica-exchange", "resampled-frames",
         "trim-fraction",
         "reliability-threshold", "divergence-samples",
         "figure-style", "figure-max-kt", "figure-min-bin-effective-samples"])

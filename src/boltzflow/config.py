@@ -5,6 +5,7 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
 1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do), first
    those of the system's kind (``x-kind-defaults``: a molecule's flow and score settings are not a toy's);
+   the ``flow_ladder`` block is the ``flow`` block with the keys given under ``flow_ladder`` on top;
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
    overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
@@ -124,13 +125,18 @@ def validate_config(config: dict, schema: dict) -> dict:
         # Each kind of system has its own defaults; the schema picks the kind by its type.
         if isinstance(system, dict) and system.get("type") in SYSTEM_KINDS:
             _fill_kind_defaults(system, schema["$defs"][system["type"]].get("x-kind-defaults", {}))
+            # flow_ladder's keys are checked as given (no defaults: it inherits the flow block's, below).
+            flow_ladder = system.pop("flow_ladder", {})
             _fill_defaults(system, schema["$defs"][system["type"]], schema)
+            system["flow_ladder"] = flow_ladder
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_describe(best))
     for name, system in config["systems"].items():
+        # The temperature-conditioned flow: the flow block's settings, with the keys given under it on top.
+        system["flow_ladder"] = {**system["flow"], **system["flow_ladder"]}
         _check_system(name, system)
         _check_blocks(name, system)
     for name in config.get("run", []):
