@@ -53,6 +53,19 @@ def pareto_k_threshold(n_samples: float, ceiling: float) -> float:
     return min(1.0 - 1.0 / np.log10(n_samples), ceiling)
 
 
+def weight_checks(k_hat: float, ess: float, n_samples: float, settings: AnalysisSettings) -> list[str]:
+    """The checks on one whole set of importance weights, as reasons (empty: passed): PSIS k̂ above the
+    threshold for ``n_samples`` draws (:func:`pareto_k_threshold`), or a Kish ESS below ``settings.min_ess``.
+    NaN k̂ or ESS (not a weighted estimate) passes."""
+    found = []
+    threshold = pareto_k_threshold(n_samples, settings.max_pareto_k)
+    if np.isfinite(k_hat) and k_hat > threshold:
+        found.append(f"PSIS k̂ {k_hat:.2f} > {threshold:.2f}")
+    if np.isfinite(ess) and ess < settings.min_ess:
+        found.append(f"ESS {ess:.1f} < {settings.min_ess:g}")
+    return found
+
+
 @dataclass(frozen=True)
 class Diagnostics:
     """What the verdict is based on, for one estimator over the states (arrays over states).
@@ -93,11 +106,7 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
         common.append(d.biased)
     n_distinct_state = d.n_distinct_state if d.n_distinct_state is not None else np.full(n_states, np.inf)
     integrator_error_err = d.integrator_error_err if d.integrator_error_err is not None else np.zeros(n_states)
-    threshold = pareto_k_threshold(d.n_distinct, settings.max_pareto_k)
-    if np.isfinite(d.pareto_k) and d.pareto_k > threshold:
-        common.append(f"PSIS k̂ {d.pareto_k:.2f} > {threshold:.2f}")
-    if np.isfinite(d.ess) and d.ess < settings.min_ess:
-        common.append(f"ESS {d.ess:.1f} < {settings.min_ess:g}")
+    common += weight_checks(d.pareto_k, d.ess, d.n_distinct, settings)
 
     def state_checks(s: int) -> list[str]:
         name = state_names[s]

@@ -21,7 +21,7 @@ from boltzflow.stages.datasets import variable
 def ladder_estimates(samples: xr.Dataset, settings: AnalysisSettings) -> xr.Dataset:
     """f(T) relative to the first temperature with bootstrap errors, ESS/N, PSIS k̂ and a reliability verdict
     per temperature, from :func:`sample_ladder_stage`'s samples."""
-    from boltzflow.reliability import pareto_k, pareto_k_threshold  # arviz-stats: the analysis env's
+    from boltzflow.reliability import pareto_k, weight_checks  # arviz-stats: the analysis env's
 
     log_w = samples["log_w"].values
     n_temperatures, n = log_w.shape
@@ -33,15 +33,8 @@ def ladder_estimates(samples: xr.Dataset, settings: AnalysisSettings) -> xr.Data
         ln_z_err.append(float(result.standard_error))
         ess.append(estimators.ess_fraction(log_w[k]))
         k_hat.append(pareto_k(log_w[k]))
-        found = []
-        threshold = pareto_k_threshold(n, settings.max_pareto_k)
-        if not np.isfinite(ln_z[-1]):
-            found.append("no finite weight")
-        if np.isfinite(k_hat[-1]) and k_hat[-1] > threshold:
-            found.append(f"PSIS k̂ {k_hat[-1]:.2f} > {threshold:.2f}")
-        if ess[-1] * n < settings.min_ess:
-            found.append(f"ESS {ess[-1] * n:.1f} < {settings.min_ess:g}")
-        reasons.append(found)
+        found = [] if np.isfinite(ln_z[-1]) else ["no finite weight"]
+        reasons.append(found + weight_checks(k_hat[-1], ess[-1] * n, n, settings))
     ln_z, ln_z_err = np.array(ln_z), np.array(ln_z_err)
     f = -(ln_z - ln_z[0])
     df = np.sqrt(ln_z_err ** 2 + ln_z_err[0] ** 2)
