@@ -379,6 +379,23 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_record():
     assert validation_nll == pytest.approx(full["validation_nll"][best], abs=1e-5)
 
 
+def test_a_large_validation_block_is_evaluated_on_evenly_spaced_rows(monkeypatch):
+    # 200 held-out rows, capped at 7: the recorded NLL is that of rows 0, 33, ..., 199 of the held-out block.
+    import boltzflow.training as training
+
+    monkeypatch.setattr(training, "MAX_VALIDATION_ROWS", 7)
+    data = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    flow = SplineCouplingFlow(2, n_layers=2, hidden=16)
+    curves = train_flow(flow, data, steps=20, batch_size=50, validation_fraction=0.2, log=_silent, log_every=20)
+    rows = data[800:][[0, 33, 66, 100, 133, 166, 199]]
+    with torch.no_grad():
+        expected = -flow.log_prob(rows).mean().item()
+        whole = -flow.log_prob(data[800:]).mean().item()
+    assert curves["validation_nll"][-1] == pytest.approx(expected, abs=1e-5)
+    assert abs(whole - expected) > 1e-4  # the cap made a difference, so the check above can fail
+
+
 def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation"):
         train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), torch.randn(50, 2), steps=5, validation_fraction=0.0,

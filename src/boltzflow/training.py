@@ -29,6 +29,12 @@ MAX_GRAD_NORM = 10.0
 #: Validation NLL is evaluated in chunks of this many samples, to bound memory.
 _EVAL_CHUNK = 8192
 
+#: The validation NLL of a record is taken over at most this many held-out rows, evenly spaced over the
+#: held-out block (the same rows at every record, so records compare like with like). Its standard error is
+#: then about σ(-log q)/100 ≈ 0.05 nats for a peptide, well below what a record-to-record change means; a
+#: ladder flow's 40,000 held-out rows cost a fifth of its training time when all are evaluated.
+MAX_VALIDATION_ROWS = 10_000
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The generic loop
@@ -300,7 +306,8 @@ def train_flow(
 
     - ``step``: number of optimizer steps done (int);
     - ``train_nll``: mean minibatch NLL over the steps since the previous record (nats/sample);
-    - ``validation_nll``: NLL on the whole validation split at that step (nats/sample, eval mode);
+    - ``validation_nll``: NLL on the validation split at that step (nats/sample, eval mode; at most
+      ``MAX_VALIDATION_ROWS`` rows of it, evenly spaced);
     - ``reverse_kl``: mean of the reverse-KL term over the steps since the previous record
       (nats/sample; NaN if not used);
     - ``ess_fraction``: Kish ESS/N of ``ess_samples`` fresh flow samples reweighted to
@@ -345,6 +352,8 @@ def train_flow(
 
     n_validation = validation_count(len(data), validation_fraction)
     train_split, validation = data[:len(data) - n_validation], data[len(data) - n_validation:]
+    if n_validation > MAX_VALIDATION_ROWS:
+        validation = validation[torch.linspace(0, n_validation - 1, MAX_VALIDATION_ROWS).round().long()]
     objective = _FlowObjective(
         model, train_split, validation, batch_size=batch_size,
         reduced_energy=reduced_energy if energy_weight > 0 else None, energy_weight=energy_weight,
