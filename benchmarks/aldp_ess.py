@@ -8,7 +8,8 @@ target-energy evaluations, beside published anchors.
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
 of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
 (SCHEMES below; ``default`` is the config as it is; the LADDER_SCHEMES train the temperature-conditioned flow
-of ``flow_ladder`` on the MD files of every ladder temperature beside ``--md`` and sample it at the target),
+of ``flow_ladder``, with the config's ``flow_ladder`` block plus the scheme's overrides, on the MD files of every
+ladder temperature beside ``--md`` and sample it at the target),
 then draws ``--samples`` fresh samples as sample_flow does. Printed per scheme: training CPU seconds (this
 process, one thread), target-energy evaluations during training (OpenMM energies of flow samples: reverse KL,
 replay buffer and the ESS monitor; the MD's own force evaluations are counted apart, below), the raw and
@@ -47,11 +48,12 @@ SCHEMES = {
     "refine_buffer": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 0.0,
                       "refine_learning_rate": 3e-4, "refine_buffer_weight": 1.0},
     "ladder": {},
+    "ladder_rkl": {"energy_weight": 0.1, "steps": 1500},
     "ladder_refine_rkl": {"refine_steps": 750, "refine_energy_weight": 1.0, "refine_learning_rate": 1e-3,
                           "refine_energy_batch_size": 1024},
 }
 #: Schemes that train on the whole ladder (a temperature-conditioned flow, estimator flow_ladder).
-LADDER_SCHEMES = {"ladder", "ladder_refine_rkl"}
+LADDER_SCHEMES = {"ladder", "ladder_rkl", "ladder_refine_rkl"}
 
 #: Published ESS/N for alanine dipeptide in implicit solvent, internal-coordinate spline flows (Table 1 of
 #: von Klitzing et al., Constrained Mass Transport; the energy-trained ones at about 1e8 target evaluations).
@@ -96,7 +98,8 @@ def main():
     print(f"{args.system}: {md.sizes['sample']} MD frames at the target temperature")
     rows = []
     for name in args.schemes:
-        flow = {**system_config["flow"], **SCHEMES[name], "device": "cpu"}
+        block = system_config["flow_ladder" if name in LADDER_SCHEMES else "flow"]
+        flow = {**block, **SCHEMES[name], "device": "cpu"}
         system = CountingSystem(system_from_config(args.system, system_config))
         start = time.process_time()
         log = print if args.log_curves else (lambda message: None)

@@ -229,6 +229,9 @@ def test_a_molecule_starts_from_the_defaults_measured_on_a_molecule_not_the_toys
             if (block, key) != ("flow", "steps"):
                 assert peptide[block][key] == value, (block, key)
     assert peptide["flow"]["steps"] == 700  # what the user gives wins
+    # The ladder flow has defaults of its own on top of the flow block (which it inherits where it has none).
+    assert peptide["flow_ladder"]["steps"] == kind_defaults["flow_ladder"]["steps"] != 700
+    assert peptide["flow_ladder"]["learning_rate"] == peptide["flow"]["learning_rate"]
     assert peptide["flow"]["n_layers"] == toy["flow"]["n_layers"] == 8  # the shared default where no kind sets one
     # A toy keeps the shared (toy-tuned) defaults; they differ from a molecule's.
     assert (toy["flow"]["learning_rate"], toy["flow"]["energy_weight"]) == (0.003, 0.0)
