@@ -2,7 +2,8 @@
 target-energy evaluations, beside published anchors.
 
     python benchmarks/aldp_ess.py --md results/alanine_dipeptide/md/300K.nc [--config config/config.yaml]
-                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer ladder]
+                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer ladder ladder_rkl
+                                   ladder_refine_rkl]
                                   [--samples 100000] [--log-curves]
 
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
@@ -37,7 +38,9 @@ from boltzflow.systems import system_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Overrides of the config's flow block, by scheme name.
+#: Overrides of the config's flow block (its flow_ladder block for the LADDER_SCHEMES), by scheme name.
+#: ladder_refine_rkl refines the flow_ladder block's flow (since this stop: likelihood alone, 3,000 steps), so
+#: its numbers before that are not comparable.
 SCHEMES = {
     "default": {},
     "ml": {"energy_weight": 0.0, "refine_steps": 0},

@@ -335,3 +335,16 @@ def test_run_selects_the_systems_the_default_target_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "results/double_well/summary.nc" in result.stdout
     assert "mueller_brown" not in result.stdout and "alanine_dipeptide" not in result.stdout
+
+
+def test_paper_scale_sizes_its_own_ladder_flow():
+    # config.yaml's flow_ladder keys (laptop-sized) win over paper.yaml's flow block unless paper.yaml sets them.
+    from workflow_helpers import merged_config
+
+    config = merged_config(ROOT / "config/config.yaml", ROOT / "config/paper.yaml")
+    config["systems"]["alanine_dipeptide"]["pdb"] = str(ROOT / "data/alanine_dipeptide.pdb")
+    peptide = validate_config(config, SCHEMA)["systems"]["alanine_dipeptide"]
+    flow, ladder = peptide["flow"], peptide["flow_ladder"]
+    assert ladder["steps"] >= flow["steps"] and ladder["hidden"] >= flow["hidden"]
+    own = ("hidden", "steps", "energy_weight")
+    assert {k: v for k, v in ladder.items() if k not in own} == {k: v for k, v in flow.items() if k not in own}

@@ -379,23 +379,6 @@ def test_early_stopping_keeps_the_weights_of_the_best_validation_record():
     assert validation_nll == pytest.approx(full["validation_nll"][best], abs=1e-5)
 
 
-def test_a_large_validation_block_is_evaluated_on_evenly_spaced_rows(monkeypatch):
-    # 200 held-out rows, capped at 7: the recorded NLL is that of rows 0, 33, ..., 199 of the held-out block.
-    import boltzflow.training as training
-
-    monkeypatch.setattr(training, "MAX_VALIDATION_ROWS", 7)
-    data = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3))
-    torch.manual_seed(0)
-    flow = SplineCouplingFlow(2, n_layers=2, hidden=16)
-    curves = train_flow(flow, data, steps=20, batch_size=50, validation_fraction=0.2, log=_silent, log_every=20)
-    rows = data[800:][[0, 33, 66, 100, 133, 166, 199]]
-    with torch.no_grad():
-        expected = -flow.log_prob(rows).mean().item()
-        whole = -flow.log_prob(data[800:]).mean().item()
-    assert curves["validation_nll"][-1] == pytest.approx(expected, abs=1e-5)
-    assert abs(whole - expected) > 1e-4  # the cap made a difference, so the check above can fail
-
-
 def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ValueError, match="validation"):
         train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), torch.randn(50, 2), steps=5, validation_fraction=0.0,
@@ -462,3 +445,26 @@ def test_a_checkpoint_of_other_starting_weights_is_not_resumed(tmp_path):
     train_flow(SplineCouplingFlow(2, n_layers=2, hidden=8), data, steps=40, batch_size=32, log_every=5,
                log=messages.append, checkpoint_path=checkpoint)
     assert not any("resuming" in m for m in messages)
+
+
+def test_a_capped_validation_block_takes_held_out_rows_spread_over_it_and_not_aliased(monkeypatch):
+    # The held-out rows alternate between two runs (MD of several runs is interleaved by time). 199 held-out
+    # rows capped at 100: the evaluated rows must be held-out rows, the same at every record, one from each of
+    # 100 equal stretches of the block, and from both runs (a stride of exactly 2 would read one run only).
+    import boltzflow.training as training
+
+    monkeypatch.setattr(training, "MAX_VALIDATION_ROWS", 100)
+    seen = []
+    monkeypatch.setattr(training, "_validation_nll", lambda model, rows: seen.append(rows.clone()) or 0.0)
+    n, n_validation = 1990, 199
+    data = torch.randn(n, 2, generator=torch.Generator().manual_seed(3))
+    data[:, 1] = torch.arange(n, dtype=data.dtype)  # each row's own index, to find it again
+    flow = SplineCouplingFlow(2, n_layers=2, hidden=8, tail_bound=5000.0)
+    train_flow(flow, data, steps=4, batch_size=8, validation_fraction=n_validation / n, log=_silent, log_every=2)
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    index = seen[0][:, 1].long()
+    assert len(index) == 100 and index.min() >= n - n_validation
+    position = index - (n - n_validation)
+    stretch = torch.arange(101) * n_validation // 100  # stretches of 1 or 2 held-out rows
+    assert ((position >= stretch[:-1]) & (position < stretch[1:])).all()
+    assert 25 <= int((index % 2).sum()) <= 75

@@ -228,3 +228,25 @@ def test_a_ladder_flow_refines_with_a_replay_buffer_of_its_own_target_samples(do
                             device="cpu")
     _, curves = fit_flow(double_well, md[0], settings, log=lambda _: None, ladder_md=md[1:])
     assert np.isfinite(curves["buffer_nll"][-1]) and curves["step"][-1] == 5
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_each_temperature_is_checked_on_its_absolute_ess_and_its_number_of_draws(monkeypatch):
+    import boltzflow.reliability as reliability
+
+    calls = []
+    monkeypatch.setattr(reliability, "weight_checks", lambda k_hat, ess, n, settings: calls.append((k_hat, ess, n)) or [])
+    samples = _ladder_samples([1.3, 1.0, 1.2], n=3000)
+    ladder = ladder_estimates(samples, AnalysisSettings(bootstrap=5))
+    assert [n for *_, n in calls] == [3000] * 3
+    np.testing.assert_allclose([ess for _, ess, _ in calls], ladder.ess_fraction.values * 3000)
+    np.testing.assert_allclose([k for k, *_ in calls], ladder.pareto_k.values)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_temperature_without_a_finite_weight_is_unreliable_and_says_so():
+    samples = _ladder_samples([1.2, 1.2, 1.2], n=2000)
+    samples["log_w"].values[2] = -np.inf
+    ladder = ladder_estimates(samples, AnalysisSettings(bootstrap=10))
+    assert ladder.reliable.values.tolist() == [True, True, False]
+    assert "no finite weight" in ladder.reason.values[2]

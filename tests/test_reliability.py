@@ -212,3 +212,20 @@ def test_replicate_errors_cover_the_truth_at_two_sigma_with_four_runs():
         result = estimators.replicate_spread(lambda v: [np.mean(v[np.isfinite(v)])], values, replicate)
         covered += abs(result.estimate[0]) <= 2 * result.standard_error[0]
     assert 0.93 < covered / 2000 < 0.975
+
+
+@pytest.mark.parametrize("k_hat, ess, n, expected", [
+    (0.70, 1000.0, 10_000, []),  # at the threshold: passes
+    (0.71, 1000.0, 10_000, ["PSIS k̂ 0.71 > 0.70"]),
+    (0.55, 1000.0, 100, ["PSIS k̂ 0.55 > 0.50"]),  # the threshold falls with the number of draws
+    (0.45, 1000.0, 100, []),
+    (np.nan, 1000.0, 100, []), (-np.inf, 1000.0, 100, []),
+    (0.3, 50.0, 10_000, []),  # at min_ess: passes
+    (0.3, 49.9, 10_000, ["ESS 49.9 < 50"]),
+    (0.3, np.nan, 10_000, []),
+    (0.8, 10.0, 10_000, ["PSIS k̂ 0.80 > 0.70", "ESS 10.0 < 50"]),
+])
+def test_weight_checks_fail_exactly_at_their_thresholds(k_hat, ess, n, expected):
+    from boltzflow.reliability import weight_checks
+
+    assert weight_checks(k_hat, ess, n, SETTINGS) == expected

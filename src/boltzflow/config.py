@@ -5,7 +5,8 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
 1. the JSON schema (``config/schema.yaml``): types, ranges, required keys; it also fills in the
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do), first
    those of the system's kind (``x-kind-defaults``: a molecule's flow and score settings are not a toy's);
-   the ``flow_ladder`` block is the ``flow`` block with the keys given under ``flow_ladder`` on top;
+   the ``flow_ladder`` block is the ``flow`` block with the keys given under ``flow_ladder`` on top (and,
+   for a kind with ``flow_ladder`` kind defaults, a molecule, those too: they win over the user's ``flow``);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
    overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
@@ -125,7 +126,8 @@ def validate_config(config: dict, schema: dict) -> dict:
         # Each kind of system has its own defaults; the schema picks the kind by its type.
         if isinstance(system, dict) and system.get("type") in SYSTEM_KINDS:
             _fill_kind_defaults(system, schema["$defs"][system["type"]].get("x-kind-defaults", {}))
-            # flow_ladder's keys are checked as given (no defaults: it inherits the flow block's, below).
+            # flow_ladder's keys are checked as given, with no schema defaults: it inherits the flow block's
+            # (below). Its kind defaults (a molecule's) are already in it, so they win over the user's flow keys.
             flow_ladder = system.pop("flow_ladder", {})
             _fill_defaults(system, schema["$defs"][system["type"]], schema)
             system["flow_ladder"] = flow_ladder
