@@ -38,17 +38,21 @@ def config():
     return merged_config(ROOT / "config/config.yaml", ROOT / "config/test.yaml")
 
 
+#: The quadrature grid of the target temperature (x from, x to, y from, y to, in nm) and its spacing.
+QUADRATURE_BOX, QUADRATURE_STEP = (-3.5, 3.0, -2.5, 4.0), 0.0025
+
+
 def quadrature_delta_f(system_config: dict, name: str) -> np.ndarray:
     """ΔF_s = -ln(P_s / P_ref) in kT at the target temperature by the midpoint rule on a fine grid."""
     return _quadrature(system_config, name)[0]
 
 
-def quadrature_log_z(system_config: dict, name: str, box=(-3.5, 3.0, -2.5, 4.0), h=0.0025) -> float:
+def quadrature_log_z(system_config: dict, name: str, box=QUADRATURE_BOX, h=QUADRATURE_STEP) -> float:
     """ln Z = ln ∫ exp(-u) dx dy (x, y in nm) by the same midpoint rule."""
     return _quadrature(system_config, name, box, h)[1]
 
 
-def _quadrature(system_config: dict, name: str, box=(-3.5, 3.0, -2.5, 4.0), h=0.0025):
+def _quadrature(system_config: dict, name: str, box=QUADRATURE_BOX, h=QUADRATURE_STEP):
     system = toy_system_from_config(name, system_config)
     x = torch.arange(box[0], box[1], h, dtype=torch.float64) + h / 2
     y = torch.arange(box[2], box[3], h, dtype=torch.float64) + h / 2
