@@ -2,15 +2,16 @@
 target-energy evaluations, beside published anchors.
 
     python benchmarks/aldp_ess.py --md results/alanine_dipeptide/md/300K.nc [--config config/config.yaml]
-                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer ladder ladder_rkl
-                                   ladder_refine_rkl]
+                                  [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer anneal ladder
+                                   ladder_rkl ladder_refine_rkl]
                                   [--samples 100000] [--log-curves]
 
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
 of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
 (SCHEMES below; ``default`` is the config as it is; the LADDER_SCHEMES train the temperature-conditioned flow
 of ``flow_ladder``, with the config's ``flow_ladder`` block plus the scheme's overrides, on the MD files of every
-ladder temperature beside ``--md`` and sample it at the target),
+ladder temperature beside ``--md`` and sample it at the target; the ANNEAL_SCHEMES learn the hottest of those files
+and anneal down the ladder, ``flow.anneal_steps``),
 then draws ``--samples`` fresh samples as sample_flow does. Printed per scheme: training CPU seconds (this
 process, one thread), target-energy evaluations during training (OpenMM energies of flow samples: reverse KL,
 replay buffer and the ESS monitor; the MD's own force evaluations are counted apart, below), the raw and
@@ -50,11 +51,14 @@ SCHEMES = {
                    "refine_learning_rate": 3e-4, "refine_buffer_weight": 0.0},
     "refine_buffer": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 0.0,
                       "refine_learning_rate": 3e-4, "refine_buffer_weight": 1.0},
+    "anneal": {"energy_weight": 0.0, "anneal_steps": 200},
     "ladder": {},
     "ladder_rkl": {"energy_weight": 0.1, "steps": 1500},
     "ladder_refine_rkl": {"refine_steps": 750, "refine_energy_weight": 1.0, "refine_learning_rate": 1e-3,
                           "refine_energy_batch_size": 1024},
 }
+#: Schemes that learn the hottest temperature's MD and anneal to the target (flow.anneal_steps, after TA-BG).
+ANNEAL_SCHEMES = {"anneal"}
 #: Schemes that train on the whole ladder (a temperature-conditioned flow, estimator flow_ladder).
 LADDER_SCHEMES = {"ladder", "ladder_rkl", "ladder_refine_rkl"}
 
@@ -107,10 +111,14 @@ def main():
         start = time.process_time()
         log = print if args.log_curves else (lambda message: None)
         ladder = None
-        if name in LADDER_SCHEMES:
+        if name in LADDER_SCHEMES | ANNEAL_SCHEMES:
             folder = Path(args.md).parent
             ladder = [read_netcdf(folder / f"{temperature_label(t)}K.nc") for t in system_config["temperatures"][1:]]
-        model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log, ladder_md=ladder)
+        model, curves = fit_flow(system, md, from_block(FlowSettings, flow), log=log,
+                                 ladder_md=ladder if name in LADDER_SCHEMES else None,
+                                 annealing_md=ladder if name in ANNEAL_SCHEMES else None)
+        if name not in LADDER_SCHEMES:
+            ladder = None
         if ladder:
             model = flow_at_temperature(model, 1.0)
         cpu = time.process_time() - start

@@ -86,6 +86,11 @@ def ladder_md_files(wildcards):
     return md_files(wildcards)[1:]
 
 
+def annealing_md_files(wildcards):
+    """The MD above the target temperature when the flow anneals from the hottest down (flow.anneal_steps)."""
+    return ladder_md_files(wildcards) if _system(wildcards)["flow"]["anneal_steps"] else []
+
+
 #: The jobs whose benchmark files cost the MD of each route (a pattern with {label}: one per temperature).
 MD_BENCHMARKS = {"langevin": ["md_{label}K"],
                  "replica_exchange": ["replica_exchange_run{run}", "replica_state_{label}K"],

@@ -1,10 +1,12 @@
-# ---------------------------------------------------------------- flow: maximum likelihood on target-temperature MD
+# ---------------------------------------------------------------- flow: maximum likelihood on target-temperature MD (or annealed)
 
 
 rule train_flow:
-    """Train the flow (a Boltzmann generator for molecules) on target-temperature MD."""
+    """Train the flow (a Boltzmann generator for molecules) on target-temperature MD (or, annealing, from the
+    hottest temperature's MD down the ladder)."""
     input:
         md=target_md_file,
+        annealing=annealing_md_files,
     output:
         model="results/{system}/models/flow.pt",
         curves="results/{system}/models/flow_training.nc",

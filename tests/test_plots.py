@@ -237,6 +237,23 @@ def test_training_figure_marks_where_the_refinement_starts_and_shows_the_buffer(
         assert any(list(line.get_xdata()) == [500, 500] for line in ax.lines)
 
 
+def test_training_figure_draws_a_line_at_each_annealing_temperature_and_says_the_ess_is_at_each():
+    step = np.arange(0, 1000, 10)
+    temperature = np.select([step <= 500, step <= 750], [500.0, 400.0], 300.0)
+    phase = (temperature < 500).astype(np.int64) * 2
+    nll = np.linspace(3.0, 2.0, len(step))
+    curves = _curves(train_nll=np.where(phase == 0, nll, np.nan), validation_nll=nll + 0.05,
+                     reverse_kl=np.full(len(step), np.nan), buffer_nll=np.where(phase == 2, nll, np.nan),
+                     buffer_ess_fraction=np.where(phase == 2, 0.9, np.nan), ess_fraction=np.full(len(step), 0.9),
+                     learning_rate=np.full(len(step), 1e-3), phase=phase, temperature=temperature)
+    fig = training_curves(curves, SETTINGS)
+    ax_nll, _, ax_ess = fig.axes
+    for ax in fig.axes:  # the last record at 500 K and the last at 400 K
+        assert {500, 750} <= {line.get_xdata()[0] for line in ax.lines if len(set(line.get_xdata())) == 1}
+    assert "500 → 300 K" in ax_ess.get_title() and "each record's temperature" in ax_nll.get_title()
+    assert any("annealing" in text.get_text() for text in ax_nll.texts)
+
+
 def test_ladder_figure_draws_each_model_against_mbar_and_marks_unreliable_temperatures():
     from boltzflow.plots import ladder_free_energies
 

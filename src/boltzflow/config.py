@@ -6,7 +6,8 @@ Two passes, both raising :class:`ConfigError` with a one-line message that names
    defaults it declares, including under ``systems.<name>`` (which plain jsonschema cannot do), first
    those of the system's kind (``x-kind-defaults``: a molecule's flow and score settings are not a toy's);
    the ``flow_ladder`` block is the ``flow`` block with the keys given under ``flow_ladder`` on top (and,
-   for a kind with ``flow_ladder`` kind defaults, a molecule, those too: they win over the user's ``flow``);
+   for a kind with ``flow_ladder`` kind defaults, a molecule, those too: they win over the user's ``flow``), never
+   with the flow block's temperature annealing (``anneal_steps``);
 2. the checks a schema cannot express: energy expressions parse under the whitelist grammar,
    temperatures are positive and distinct, states lie inside the bounds (a dihedral's turn) and do not
    overlap, and only periodic CVs (dihedrals) take intervals that wrap around; a molecule has no explicit
@@ -137,8 +138,12 @@ def validate_config(config: dict, schema: dict) -> dict:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_describe(best))
     for name, system in config["systems"].items():
-        # The temperature-conditioned flow: the flow block's settings, with the keys given under it on top.
-        system["flow_ladder"] = {**system["flow"], **system["flow_ladder"]}
+        # The temperature-conditioned flow: the flow block's settings, with the keys given under it on top;
+        # it learns every temperature at once, so the flow block's temperature annealing is not inherited.
+        if system["flow_ladder"].get("anneal_steps", 0):
+            raise ConfigError(f"systems.{name}.flow_ladder.anneal_steps: the temperature-conditioned flow learns "
+                              "every ladder temperature at once and has no annealing; expected 0 (or leave it out)")
+        system["flow_ladder"] = {**system["flow"], **system["flow_ladder"], "anneal_steps": 0}
         _check_system(name, system)
         _check_blocks(name, system)
     for name in config.get("run", []):
@@ -157,6 +162,10 @@ def _check_blocks(name: str, system: dict) -> None:
     if system["estimators"]["flow_ladder"] and len(system["temperatures"]) < 2:
         raise ConfigError(f"{key}.estimators.flow_ladder: a temperature-conditioned flow needs a ladder; "
                           f"temperatures has {len(system['temperatures'])}, expected at least 2 (or flow_ladder: false)")
+    if system["flow"]["anneal_steps"] and len(system["temperatures"]) < 2:
+        raise ConfigError(f"{key}.flow.anneal_steps: temperature annealing starts at the hottest ladder "
+                          f"temperature; temperatures has {len(system['temperatures'])}, expected at least 2 "
+                          "(or anneal_steps: 0)")
     mcmc, n_samples = system["mcmc"], system["sampling"]["n_samples"]
     if system["estimators"]["flow_mcmc"] and n_samples // mcmc["chains"] <= mcmc["burn_in"]:
         raise ConfigError(f"{key}.mcmc.burn_in: {mcmc['burn_in']} burn-in steps need more than that many flow "

@@ -387,11 +387,18 @@ def _ess_scale(ax, values) -> None:
         ax.set_ylim(0.0, 1.02)
 
 
+#: How the training figure labels the start of a phase (``phase`` of the flow's curves).
+PHASE_LABELS = {1: "refinement →", 2: "annealing (a line per temperature) →"}
+
+
 def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS, estimator: str = "flow"):
     """A flow's training: NLL (training and validation), the reverse-KL term if used, each on its own
     axis, and ESS/N of the monitor samples over training, in ``estimator``'s colour."""
     sns.set_theme(style=settings.style)
-    terms = [("negative log-likelihood", "nats per sample", ["train_nll", "validation_nll"])]
+    temperatures = curves["temperature"].values if "temperature" in curves else None
+    annealed = temperatures is not None and len(np.unique(temperatures)) > 1
+    terms = [("negative log-likelihood" + (" (MD of each record's temperature)" if annealed else ""),
+              "nats per sample", ["train_nll", "validation_nll"])]
     if np.isfinite(curves["reverse_kl"].values).any():
         terms.append(("reverse-KL (energy) term", "nats per sample", ["reverse_kl"]))
     if "buffer_nll" in curves and np.isfinite(curves["buffer_nll"].values).any():
@@ -408,14 +415,26 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
         ax_ess.legend(frameon=False, fontsize=7, loc="lower right")
     _ess_scale(ax_ess, np.concatenate([curves[name].values for name in ("ess_fraction", "buffer_ess_fraction")
                                        if name in curves]))
-    ax_ess.set_title("ESS / N over training", fontsize=9)
-    if "phase" in curves and (curves["phase"].values > 0).any():
-        # The refinement starts after the last maximum-likelihood record; its loss terms begin there.
-        start = curves["step"].values[curves["phase"].values == 0][-1]
-        for ax in axes:
-            ax.axvline(start, color="0.6", linestyle=":", linewidth=1)
-        axes[0].annotate("refinement →", (start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
-                         textcoords="offset points", fontsize=7, color="0.4")
+    if annealed:
+        ax_ess.set_title(f"ESS / N at each record's temperature ({temperatures[0]:g} → {temperatures[-1]:g} K)",
+                         fontsize=9)
+    else:
+        ax_ess.set_title("ESS / N over training", fontsize=9)
+    if "phase" in curves:
+        # A phase (or, when annealing, a temperature) starts after the last record of the one before.
+        phase, step = curves["phase"].values, curves["step"].values
+        changed = phase[1:] != phase[:-1]
+        if temperatures is not None:
+            changed |= temperatures[1:] != temperatures[:-1]
+        labelled = set()
+        for i in np.flatnonzero(changed) + 1:
+            for ax in axes:
+                ax.axvline(step[i - 1], color="0.6", linestyle=":", linewidth=1)
+            if phase[i] not in labelled:
+                labelled.add(phase[i])
+                axes[0].annotate(PHASE_LABELS.get(int(phase[i]), "phase →"), (step[i - 1], 1.0),
+                                 xycoords=("data", "axes fraction"), xytext=(3, -10), textcoords="offset points",
+                                 fontsize=7, color="0.4")
     ax_ess.set_xlabel("optimizer step")
     ax_ess.set_ylabel("ESS / N")
     return fig

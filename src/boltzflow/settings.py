@@ -39,7 +39,11 @@ def from_block(cls: type[T], block: Mapping[str, Any]) -> T:
 @dataclass(frozen=True)
 class FlowSettings:
     """The ``flow`` block: a spline coupling flow and its training: maximum likelihood (optional reverse KL,
-    optional early stopping), then an optional energy-based refinement (``refine_steps`` > 0)."""
+    optional early stopping), then an optional energy-based refinement (``refine_steps`` > 0).
+
+    With ``anneal_steps`` > 0 (temperature annealing, after TA-BG): the maximum likelihood is on the MD of the
+    hottest ladder temperature, and ``anneal_steps`` steps of importance-weighted refit at each lower ladder
+    temperature follow, down to the target (``boltzflow.stages.flow.fit_flow``)."""
 
     n_layers: int = 8
     hidden: int = 64
@@ -60,6 +64,9 @@ class FlowSettings:
     refine_buffer_samples: int = 2048
     refine_buffer_refresh_every: int = 50
     refine_buffer_size: int = 50000
+    anneal_steps: int = 0
+    anneal_learning_rate: float = 0.001
+    anneal_buffer_samples: int = 4096
     validation_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"

@@ -279,6 +279,7 @@ def train_flow(
     ess_samples: int = 0,
     patience: int = 0,
     buffer: BufferSettings | None = None,
+    data_weight: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Fit ``model`` (a flow with ``log_prob``, ``forward``, ``base_log_prob`` and ``sample_base``) to
     ``data`` in place.
@@ -335,6 +336,11 @@ def train_flow(
     a few samples. Unlike the MD frames it never runs out. Needs only energies, no forces. Records
     ``buffer_nll`` and the buffer's Kish ``buffer_ess_fraction`` (NaN if off).
 
+    ``data_weight`` multiplies the NLL of ``data`` (1: maximum likelihood). With 0 the data only monitor the
+    fit (``validation_nll``; ``train_nll`` is NaN, no minibatch is drawn) and another term must drive the
+    training: the temperature annealing's refits learn from the replay buffer alone, with the MD of their
+    temperature as a yardstick.
+
     With ``patience`` > 0, training stops early once the validation NLL has not improved for ``patience``
     records in a row, and the model keeps the weights of its best record (:func:`train`).
 
@@ -349,6 +355,10 @@ def train_flow(
         raise ValueError("energy_weight > 0 needs a reduced_energy")
     if buffer is not None and buffer.weight > 0 and reduced_energy is None:
         raise ValueError("a replay buffer needs a reduced_energy")
+    if not data_weight >= 0:
+        raise ValueError(f"data_weight must be >= 0, got {data_weight}")
+    if data_weight == 0 and energy_weight == 0 and (buffer is None or buffer.weight == 0):
+        raise ValueError("data_weight 0 needs another loss term (energy_weight > 0 or a replay buffer)")
     data = training_data(data, model, min_samples=2)
 
     n_validation = validation_count(len(data), validation_fraction)
@@ -359,8 +369,8 @@ def train_flow(
         model, train_split, validation, batch_size=batch_size,
         reduced_energy=reduced_energy if energy_weight > 0 else None, energy_weight=energy_weight,
         energy_batch_size=energy_batch_size, monitor_energy=reduced_energy, ess_samples=ess_samples, seed=seed,
-        buffer=buffer)
-    settings = [batch_size, energy_weight, energy_batch_size, validation_fraction, *data.shape, float(data.sum()),
+        buffer=buffer, data_weight=data_weight)
+    settings = [batch_size, data_weight, energy_weight, energy_batch_size, validation_fraction, *data.shape, float(data.sum()),
                 f"validation rows: {len(validation)} spread",
                 None if buffer is None else list(vars(buffer).values())]
     curves = train(model, objective, steps=steps, learning_rate=learning_rate, seed=seed, log=log,
@@ -394,8 +404,10 @@ class _FlowObjective:
     """
 
     def __init__(self, model, train_split, validation, *, batch_size, reduced_energy, energy_weight,
-                 energy_batch_size, monitor_energy, ess_samples, seed, buffer: BufferSettings | None = None):
+                 energy_batch_size, monitor_energy, ess_samples, seed, buffer: BufferSettings | None = None,
+                 data_weight: float = 1.0):
         self.model, self.train_split, self.validation = model, train_split, validation
+        self.data_weight = data_weight
         self.buffer = buffer if buffer is not None and buffer.weight > 0 else None
         # The flow's own samples (rows of ladder training data carry one more column, their temperature).
         self.buffer_x = train_split.new_empty((0, model.dim))
@@ -456,11 +468,15 @@ class _FlowObjective:
         return -self.model.log_prob(self.buffer_x[idx]).mean()
 
     def loss(self) -> torch.Tensor:
-        n_train = self.train_split.shape[0]
-        idx = torch.randint(n_train, (self.batch_size,), generator=self.generators["batch"],
-                            device=self.train_split.device)
-        nll = -self.model.log_prob(self.train_split[idx]).mean()
-        loss = nll
+        loss = 0.0
+        if self.data_weight > 0:
+            n_train = self.train_split.shape[0]
+            idx = torch.randint(n_train, (self.batch_size,), generator=self.generators["batch"],
+                                device=self.train_split.device)
+            nll = -self.model.log_prob(self.train_split[idx]).mean()
+            loss = self.data_weight * nll
+            self.nll_sum += nll.item()
+            self.nll_count += 1
         if self.reduced_energy is not None:
             z = self.model.sample_base(self.energy_batch_size, generator=self.generators["sample"])
             rkl, dropped = _reverse_kl(self.model, z, self.reduced_energy)
@@ -475,13 +491,14 @@ class _FlowObjective:
                 loss = loss + self.buffer.weight * buffer_nll
                 self.buffer_nll_sum += buffer_nll.item()
                 self.buffer_nll_count += 1
-        self.nll_sum += nll.item()
-        self.nll_count += 1
+        if not torch.is_tensor(loss):
+            # No term this step (every energy non-finite, an empty buffer): a zero gradient.
+            loss = sum(parameter.sum() * 0.0 for parameter in self.model.parameters())
         return loss
 
     def record(self) -> tuple[dict, str]:
         val_nll = _validation_nll(self.model, self.validation)
-        train_nll = self.nll_sum / self.nll_count
+        train_nll = self.nll_sum / self.nll_count if self.nll_count else math.nan
         rkl_mean = self.rkl_sum / self.rkl_count if self.rkl_count else math.nan
         ess = _flow_ess_fraction(self.model, self.monitor_energy, self.ess_samples, self.seed)
         buffer_nll = self.buffer_nll_sum / self.buffer_nll_count if self.buffer_nll_count else math.nan
@@ -489,7 +506,7 @@ class _FlowObjective:
         values = {"train_nll": train_nll, "validation_nll": val_nll, "reverse_kl": rkl_mean,
                   "buffer_nll": buffer_nll, "buffer_ess_fraction": buffer_ess,
                   "ess_fraction": ess, "nonfinite_energy": self.nonfinite}
-        summary = f"train NLL {train_nll:.4f}  val NLL {val_nll:.4f}"
+        summary = (f"train NLL {train_nll:.4f}  " if math.isfinite(train_nll) else "") + f"val NLL {val_nll:.4f}"
         if self.reduced_energy is not None:
             summary += f"  reverse KL {rkl_mean:.4f}"
         if self.buffer is not None:

@@ -18,6 +18,9 @@ from boltzflow.stages.datasets import samples_dataset, variable
 #: Flow samples drawn at every training record to follow ESS/N over training (fixed noise).
 ESS_MONITOR_SAMPLES = 2000
 
+#: The training phases' names by their ``phase`` number in the curves.
+PHASE_NAMES = {0: "maximum likelihood", 1: "energy-based refinement", 2: "temperature annealing"}
+
 
 def validation_split(md: xr.Dataset, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(training, validation) sample indices of an MD dataset; validation is the last stretch in time.
@@ -44,7 +47,8 @@ def validation_split(md: xr.Dataset, validation_fraction: float) -> tuple[np.nda
 
 
 def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, checkpoint_path=None,
-             energy_workers: int = 1, ladder_md: list[xr.Dataset] | None = None):
+             energy_workers: int = 1, ladder_md: list[xr.Dataset] | None = None,
+             annealing_md: list[xr.Dataset] | None = None):
     """Train a flow on every target-temperature MD sample → (FlowGenerator, training curves).
 
     The last ``validation_fraction`` of the run in time is held out for the validation NLL
@@ -67,6 +71,18 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     cosine schedule; its records continue the step count.
     The target energy also feeds the ESS monitor at every record. With ``checkpoint_path`` an interrupted
     training resumes where it stopped.
+
+    With ``settings.anneal_steps`` > 0, temperature annealing (after TA-BG, Schopmans & Friederich 2025):
+    ``annealing_md`` is the MD of the other ladder temperatures, in the ladder's order. The maximum-likelihood
+    phase learns the hottest temperature's MD, where every basin is visited (the coordinate map and the
+    standardization come from those frames; its energy term and ESS monitor act at that temperature). Then,
+    for each lower ladder temperature T down to the target, ``anneal_steps`` steps (learning rate
+    ``anneal_learning_rate``, a cosine schedule of their own) fit the flow to its own samples weighted to T by
+    w = exp(-u_T) / q, u_T = E / kT, through a replay buffer that starts empty at each T
+    (``anneal_buffer_samples`` samples every ``refine_buffer_refresh_every`` steps, the newest
+    ``refine_buffer_size`` kept): no MD frame below the hottest enters the loss. The MD of T only measures the
+    fit (``validation_nll``). An optional refinement (``refine_steps``) follows at the target, on the
+    target's MD. The curves record each record's ``temperature`` (of its energies and ESS monitor).
     """
     import torch
 
@@ -74,11 +90,19 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     from boltzflow.generators import FlowGenerator
     from boltzflow.training import BufferSettings, train_flow
 
+    if settings.anneal_steps and ladder_md:
+        raise ValueError("a temperature-conditioned flow (ladder_md) has no temperature annealing")
+    if settings.anneal_steps and not annealing_md:
+        raise ValueError("temperature annealing (anneal_steps > 0) needs the MD of the other ladder temperatures")
+    annealing_md = list(annealing_md or []) if settings.anneal_steps else []
     device = select_device(settings.device, log=log)
     torch.manual_seed(settings.seed)
+    # The first phase learns the target's MD, or when annealing the hottest temperature's.
+    first_md = annealing_md[-1] if annealing_md else target_md
+    first_ratio = _temperature_ratio(system, first_md) if annealing_md else 1.0
     # Training rows first, then the validation block that train_flow holds out (the last rows).
-    train_index, validation_index = validation_split(target_md, settings.validation_fraction)
-    positions = target_md["positions"].values[np.concatenate([train_index, validation_index])]
+    train_index, validation_index = validation_split(first_md, settings.validation_fraction)
+    positions = first_md["positions"].values[np.concatenate([train_index, validation_index])]
     coordinates = system.model_coordinates(positions, wrap_all_torsions=False)
     data = coordinates.y.to(torch.get_default_dtype())
     circular = coordinates.circular
@@ -99,13 +123,30 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
         trained = FlowAtTemperature(flow, 1.0)
         log(f"temperature-conditioned: frames of {1 + len(ladder_md)} temperatures, "
             f"{int(round(validation_fraction * len(data)))} held out")
-    log(f"training a flow on {len(data)} MD samples at {system.target_temperature_k:g} K"
+    log(f"training a flow on {len(data)} MD samples at {first_ratio * system.target_temperature_k:g} K"
         + (" and above" if ladder_md else "") + f": {flow.dim} model coordinates ({int(circular.sum())} circular), "
         f"{sum(p.numel() for p in flow.parameters())} parameters")
 
     phases = [dict(steps=settings.steps, learning_rate=settings.learning_rate, energy_weight=settings.energy_weight,
                    energy_batch_size=settings.energy_batch_size, patience=settings.early_stopping_patience,
-                   seed=settings.seed, checkpoint=checkpoint_path, buffer=None)]
+                   seed=settings.seed, checkpoint=checkpoint_path, buffer=None, kind=0, ratio=first_ratio,
+                   data=data, validation_fraction=validation_fraction, data_weight=1.0)]
+    # Temperature annealing: from the hottest temperature down, each step a refit to the flow's own samples
+    # weighted to the next temperature; the MD of that temperature measures the fit, and is not learnt.
+    for k, md in reversed(list(enumerate([target_md] + annealing_md[:-1] if annealing_md else []))):
+        ratio = _temperature_ratio(system, md) if k else 1.0
+        train_index, validation_index = validation_split(md, settings.validation_fraction)
+        y = coordinates.coordinate_map.model_coordinates(
+            torch.as_tensor(md["positions"].values[np.concatenate([train_index, validation_index])]))
+        phases.append(dict(steps=settings.anneal_steps, learning_rate=settings.anneal_learning_rate,
+                           energy_weight=0.0, energy_batch_size=settings.energy_batch_size, patience=0,
+                           seed=settings.seed + 20 + k, kind=2, ratio=ratio,
+                           checkpoint=f"{checkpoint_path}.anneal{k}" if checkpoint_path is not None else None,
+                           buffer=BufferSettings(weight=1.0, samples=settings.anneal_buffer_samples,
+                                                 refresh_every=settings.refine_buffer_refresh_every,
+                                                 size=settings.refine_buffer_size),
+                           data=y.to(data.dtype), validation_fraction=settings.validation_fraction, data_weight=0.0))
+    target_data = phases[-1]["data"] if annealing_md else data
     if settings.refine_steps:
         # Energy-based refinement: its own cosine schedule and random streams; a job killed here redoes the
         # (deterministic) maximum-likelihood phase, then resumes the refinement from its own checkpoint.
@@ -116,27 +157,38 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
                            buffer=BufferSettings(weight=settings.refine_buffer_weight,
                                                  samples=settings.refine_buffer_samples,
                                                  refresh_every=settings.refine_buffer_refresh_every,
-                                                 size=settings.refine_buffer_size)))
+                                                 size=settings.refine_buffer_size),
+                           kind=1, ratio=1.0, data=target_data, validation_fraction=validation_fraction,
+                           data_weight=1.0))
     curves = None
     with system.energy(energy_workers) as reduced_energy:
         for number, phase in enumerate(phases):
+            temperature = phase["ratio"] * system.target_temperature_k
             if len(phases) > 1:
-                log(f"phase {number + 1}/{len(phases)}: "
-                    + ("maximum likelihood" if number == 0 else "energy-based refinement")
-                    + f", {phase['steps']} steps, energy_weight {phase['energy_weight']:g}"
+                log(f"phase {number + 1}/{len(phases)}: {PHASE_NAMES[phase['kind']]} at {temperature:g} K, "
+                    f"{phase['steps']} steps, energy_weight {phase['energy_weight']:g}"
                     + (f", buffer_weight {phase['buffer'].weight:g}" if phase["buffer"] else ""))
+            # u_T = E / kT = u_target T_target / T, before the coordinate map adds its log-Jacobian.
+            energy_at = (reduced_energy if phase["ratio"] == 1.0
+                         else lambda x, ratio=phase["ratio"]: reduced_energy(x) / ratio)
             phase_curves = train_flow(
-                trained.to(device), data.to(device),
-                reduced_energy=coordinates.coordinate_map.reduced_energy_internal(reduced_energy),
+                trained.to(device), phase["data"].to(device),
+                reduced_energy=coordinates.coordinate_map.reduced_energy_internal(energy_at),
                 ess_samples=ESS_MONITOR_SAMPLES, steps=phase["steps"], batch_size=settings.batch_size,
                 learning_rate=phase["learning_rate"], energy_weight=phase["energy_weight"],
                 energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
-                validation_fraction=validation_fraction, seed=phase["seed"], log=log,
-                checkpoint_path=phase["checkpoint"], buffer=phase["buffer"])
-            phase_curves["phase"] = np.full(len(phase_curves["step"]), number, dtype=np.int64)
+                validation_fraction=phase["validation_fraction"], seed=phase["seed"], log=log,
+                checkpoint_path=phase["checkpoint"], buffer=phase["buffer"], data_weight=phase["data_weight"])
+            phase_curves["phase"] = np.full(len(phase_curves["step"]), phase["kind"], dtype=np.int64)
+            phase_curves["temperature"] = np.full(len(phase_curves["step"]), temperature)
             curves = phase_curves if curves is None else _append_curves(curves, phase_curves)
     generator.flow = flow.cpu()
     return generator, curves
+
+
+def _temperature_ratio(system, md: xr.Dataset) -> float:
+    """T / T_target of an MD file of the ladder (its ``temperature_k`` attribute)."""
+    return float(md.attrs["temperature_k"]) / system.target_temperature_k
 
 
 def _ladder_rows(system, coordinate_map, target_data, n_target_validation: int, ladder_md: list[xr.Dataset],
@@ -150,7 +202,7 @@ def _ladder_rows(system, coordinate_map, target_data, n_target_validation: int, 
     n_target_training = len(target) - n_target_validation
     training, validation = [target[:n_target_training]], [target[n_target_training:]]
     for md in ladder_md:
-        ratio = float(md.attrs["temperature_k"]) / system.target_temperature_k
+        ratio = _temperature_ratio(system, md)
         train_index, validation_index = validation_split(md, validation_fraction)
         positions = md["positions"].values[np.concatenate([train_index, validation_index])]
         y = coordinate_map.model_coordinates(torch.as_tensor(positions)).to(target_data.dtype)
@@ -264,7 +316,9 @@ def curves_dataset(curves: dict) -> xr.Dataset:
                                      "Kish ESS / N of monitor samples from the flow at that step"),
             "learning_rate": variable("step", curves["learning_rate"], "1", "learning rate"),
             "phase": variable("step", curves["phase"], "1",
-                              "training phase: 0 maximum likelihood, 1 energy-based refinement"),
+                              "training phase: " + ", ".join(f"{k} {name}" for k, name in PHASE_NAMES.items())),
+            "temperature": variable("step", curves["temperature"], "K",
+                                    "temperature of the record's energies and ESS monitor"),
         },
         coords={"step": ("step", curves["step"], {"units": "1", "long_name": "optimizer step"})},
     )
