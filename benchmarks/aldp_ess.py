@@ -51,7 +51,11 @@ SCHEMES = {
                    "refine_learning_rate": 3e-4, "refine_buffer_weight": 0.0},
     "refine_buffer": {"energy_weight": 0.1, "refine_steps": 1500, "refine_energy_weight": 0.0,
                       "refine_learning_rate": 3e-4, "refine_buffer_weight": 1.0},
-    "anneal": {"energy_weight": 0.0, "anneal_steps": 200},
+    # Measured on the default MD (2026-12-02): maximum likelihood left the flow at ESS/N 0.12 at 1200 K; the
+    # 1029 K refit's buffer had ESS/N 0.002, the flow collapsed onto a handful of samples (ESS/N 0.001 by
+    # 882 K) and the run was stopped. It needs a flow far better at the hottest temperature (TA-BG trains
+    # it by reverse KL, at about 1e8 energies) or a finer ladder: off by default.
+    "anneal": {"hidden": 128, "energy_weight": 0.0, "anneal_steps": 200},
     "ladder": {},
     "ladder_rkl": {"energy_weight": 0.1, "steps": 1500},
     "ladder_refine_rkl": {"refine_steps": 750, "refine_energy_weight": 1.0, "refine_learning_rate": 1e-3,

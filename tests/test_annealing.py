@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_ladder import _exact_samples, _quadrature_log_z
 
 from boltzflow.config import ConfigError, load_schema, validate_config
 from boltzflow.settings import FlowSettings, SamplingSettings
 from boltzflow.stages.flow import curves_dataset, fit_flow, sample_flow_stage, validation_split
 from boltzflow.systems import toy_system_from_config
 from boltzflow.training import BufferSettings, train_flow
-from test_ladder import _exact_samples, _quadrature_log_z
 
 TEMPERATURES = [300.0, 400.0, 500.0]
 SCHEMA = load_schema(Path(__file__).resolve().parents[1] / "config/schema.yaml")
@@ -87,6 +87,20 @@ def test_annealing_needs_the_hotter_md_and_is_not_for_the_temperature_conditione
         fit_flow(double_well, md[0], settings, log=lambda _: None)
     with pytest.raises(ValueError, match="no temperature annealing"):
         fit_flow(double_well, md[0], settings, log=lambda _: None, ladder_md=md[1:])
+
+
+def test_a_refit_whose_buffer_has_too_few_effective_samples_is_warned_about(double_well, monkeypatch):
+    import boltzflow.stages.flow as flow_stage
+
+    md = [_exact_samples(double_well, t, 200, seed) for seed, t in enumerate(TEMPERATURES)]
+    settings = FlowSettings(n_layers=2, hidden=8, steps=2, anneal_steps=2, anneal_buffer_samples=64, device="cpu")
+    for threshold, warned in ((0.0, False), (1.01, True)):  # an ESS/N of 1.01 is never reached
+        monkeypatch.setattr(flow_stage, "ANNEAL_MIN_BUFFER_ESS", threshold)
+        lines = []
+        fit_flow(double_well, md[0], settings, log=lines.append, annealing_md=md[1:])
+        warnings = [line for line in lines if line.startswith("WARNING")]
+        assert len(warnings) == (2 if warned else 0)
+        assert all("replay buffer's ESS/N" in line for line in warnings)
 
 
 def test_with_data_weight_zero_the_data_only_measure_the_fit():

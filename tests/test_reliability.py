@@ -187,6 +187,30 @@ def test_summary_marks_a_heavy_tailed_proposal_unreliable_and_a_good_one_reliabl
     assert (surface["n_eff_xy"].sel(estimator="flow") >= 0).all()
 
 
+def test_independence_mh_is_judged_by_the_tails_of_its_proposals_weights():
+    from boltzflow.settings import MCMCSettings
+    from boltzflow.stages.samplers import mcmc_stage
+
+    system = _gaussian_system()
+    observables = _observables(system)
+    quiet = lambda _: None  # noqa: E731
+    settings = MCMCSettings(chains=20, burn_in=10, seed=0)
+    verdicts = {}
+    for scale, seed in ((1.3, 1), (0.5, 2)):
+        proposals = _weighted_gaussian_samples(system, 4000, scale, seed)
+        chains = mcmc_stage(system, proposals, settings, quiet)
+        assert float(chains["proposal_pareto_k"]) == pytest.approx(pareto_k(proposals["log_w"].values))
+        estimates = reweight_stage(system, chains, observables, "flow_mcmc", SETTINGS, quiet)
+        verdicts[scale] = (estimates["reliable"].sel(estimator="flow_mcmc").values.astype(bool),
+                           estimates["unreliable_reason"].sel(estimator="flow_mcmc").values,
+                           float(estimates["pareto_k"].sel(estimator="flow_mcmc")))
+    # A proposal wider than the target: bounded weights, the chains mix; narrower: weights exp(+x²/2 ...)
+    # without bound, the chains stick at the largest, and the verdict says whose tail it is.
+    assert verdicts[1.3][0].all() and verdicts[1.3][2] < 0.5
+    assert not verdicts[0.5][0].any() and verdicts[0.5][2] > 0.7
+    assert all(reason.startswith("proposals' PSIS k̂") for reason in verdicts[0.5][1])
+
+
 def test_divergences_at_a_common_sample_count_do_not_favour_more_samples():
     # Two perfect samplers of one histogram, one with 50x more samples: the plug-in JS of the smaller
     # is far larger; drawn at a common count, both score the same noise floor.

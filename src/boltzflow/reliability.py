@@ -77,6 +77,9 @@ class Diagnostics:
     the k̂ threshold); ``integrator_error`` ± ``integrator_error_err``: estimated bias of ΔF from the model's
     log-density (kT), ``integrator_measured``: whether the model has one (score models; flows are exact);
     ``biased``: a reason why the estimate is biased by construction (an unweighted model), or "".
+    ``tail_of``: whose weights ``pareto_k`` and ``pareto_k_state`` describe when not the estimate's own (an
+    independence MH sampler: its proposals', whose tail decides whether its chains mix), with
+    ``tail_n_distinct`` and ``tail_n_distinct_state`` the draws they were taken over (the S of the threshold).
     """
 
     delta_f: np.ndarray
@@ -91,6 +94,9 @@ class Diagnostics:
     integrator_error_err: np.ndarray | None = None
     integrator_measured: bool = False
     biased: str = ""
+    tail_of: str = ""
+    tail_n_distinct: float | None = None
+    tail_n_distinct_state: np.ndarray | None = None
 
 
 def verdict(diagnostics: Diagnostics, state_names: list[str], settings: AnalysisSettings
@@ -105,8 +111,12 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
     if d.biased:
         common.append(d.biased)
     n_distinct_state = d.n_distinct_state if d.n_distinct_state is not None else np.full(n_states, np.inf)
+    tail_n_distinct = d.tail_n_distinct if d.tail_n_distinct is not None else d.n_distinct
+    tail_n_distinct_state = d.tail_n_distinct_state if d.tail_n_distinct_state is not None else n_distinct_state
+    tail_of = f"{d.tail_of} " if d.tail_of else ""
     integrator_error_err = d.integrator_error_err if d.integrator_error_err is not None else np.zeros(n_states)
-    common += weight_checks(d.pareto_k, d.ess, d.n_distinct, settings)
+    common += [tail_of + reason for reason in weight_checks(d.pareto_k, np.nan, tail_n_distinct, settings)]
+    common += weight_checks(np.nan, d.ess, d.n_distinct, settings)
 
     def state_checks(s: int) -> list[str]:
         name = state_names[s]
@@ -115,9 +125,9 @@ def verdict(diagnostics: Diagnostics, state_names: list[str], settings: Analysis
         found = []
         if d.n_eff_state[s] < settings.min_state_ess:
             found.append(f"{d.n_eff_state[s]:.1f} effective samples in {name} < {settings.min_state_ess:g}")
-        limit = pareto_k_threshold(n_distinct_state[s], settings.max_pareto_k)
+        limit = pareto_k_threshold(tail_n_distinct_state[s], settings.max_pareto_k)
         if np.isfinite(d.pareto_k_state[s]) and d.pareto_k_state[s] > limit:
-            found.append(f"PSIS k̂ {d.pareto_k_state[s]:.2f} in {name} > {limit:.2f}")
+            found.append(f"{tail_of}PSIS k̂ {d.pareto_k_state[s]:.2f} in {name} > {limit:.2f}")
         return found
 
     reference = state_checks(0)

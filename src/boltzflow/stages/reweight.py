@@ -85,12 +85,19 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     integrator_error = samples["integrator_error"].values if measured else np.zeros(n_states)
     integrator_error_err = (samples["integrator_error_err"].values if "integrator_error_err" in samples
                             else np.zeros(n_states))
+    # An independence MH sampler is judged by its proposals' weight tails (stages.samplers.proposal_tails).
+    tails = {}
+    if "proposal_pareto_k_state" in samples:
+        tails = dict(pareto_k=float(samples["proposal_pareto_k"]),
+                     pareto_k_state=samples["proposal_pareto_k_state"].values,
+                     tail_n_distinct=float(samples["proposal_n_distinct"]),
+                     tail_n_distinct_state=samples["proposal_n_distinct_state"].values, tail_of="proposals'")
     diagnostics = []
     for index, lw in enumerate(weightings):
         merged, first = estimators.merge_copies(lw, groups)
         in_state = [np.where(mask[first], merged, -np.inf) for mask in masks]
         weighted = spec.weighted and index == 0
-        diagnostics.append(Diagnostics(
+        diagnostics.append(Diagnostics(**{**dict(
             delta_f=values[index, :n_states], delta_f_err=errors[index, :n_states],
             pareto_k=pareto_k(merged) if weighted else np.nan,
             pareto_k_state=np.array([pareto_k(w) if weighted else np.nan for w in in_state]),
@@ -101,7 +108,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
             integrator_error=integrator_error if index == 0 else np.zeros(n_states),
             integrator_error_err=integrator_error_err if index == 0 else np.zeros(n_states),
             integrator_measured=measured and index == 0,
-            biased=UNWEIGHTED if index else ""))
+            biased=UNWEIGHTED if index else ""), **(tails if index == 0 else {})}))
     state_names = [s.name for s in system.states]
     verdicts = [verdict(d, state_names, settings) for d in diagnostics]
     for name, d, (reliable, reasons) in zip(names, diagnostics, verdicts):
@@ -123,9 +130,11 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
                                     "samples with zero weight: non-finite energy or density, or outside the coordinate map")
     dataset["acceptance_rate"] = variable("estimator", acceptance, "1", "Metropolis-Hastings acceptance rate (SMC moves, MCMC)")
     dataset["pareto_k"] = variable("estimator", [d.pareto_k for d in diagnostics], "1",
-                                   "PSIS k-hat of all log-weights (> 0.7: the weights' variance is practically infinite)")
+                                   "PSIS k-hat of all log-weights (> 0.7: the weights' variance is practically "
+                                   "infinite; flow_mcmc: of its proposals' weights)")
     dataset["pareto_k_state"] = variable(("estimator", "state"), [d.pareto_k_state for d in diagnostics], "1",
-                                         "PSIS k-hat of the log-weights inside the state")
+                                         "PSIS k-hat of the log-weights inside the state (flow_mcmc: of its "
+                                         "proposals' weights)")
     dataset["n_eff_state"] = variable(("estimator", "state"), [d.n_eff_state for d in diagnostics], "1",
                                       "effective samples in the state: Kish, with copies of a sample merged")
     dataset["n_distinct_state"] = variable(("estimator", "state"), [d.n_distinct_state for d in diagnostics], "1",
