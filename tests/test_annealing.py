@@ -103,6 +103,21 @@ def test_a_refit_whose_buffer_has_too_few_effective_samples_is_warned_about(doub
         assert all("replay buffer's ESS/N" in line for line in warnings)
 
 
+def test_a_shuffled_ladder_anneals_from_the_hottest_down_and_a_refinement_follows_at_the_target(double_well):
+    md = [_exact_samples(double_well, t, 200, seed) for seed, t in enumerate(TEMPERATURES)]
+    settings = FlowSettings(n_layers=2, hidden=8, steps=2, anneal_steps=2, refine_steps=2, refine_energy_weight=0.0,
+                            anneal_buffer_samples=64, device="cpu")
+    # The 500 K file first: the ladder of a toy need not be sorted.
+    _, curves = fit_flow(double_well, md[0], settings, log=lambda _: None, annealing_md=[md[2], md[1]])
+    np.testing.assert_array_equal(curves["temperature"], [500.0, 400.0, 300.0, 300.0])
+    np.testing.assert_array_equal(curves["phase"], [0, 2, 2, 1])
+    # The refinement learns the target's MD (its train NLL is that of the 300 K frames), not the hottest's.
+    assert np.isfinite(curves["train_nll"][-1])
+    cold = dict(md[0].attrs, temperature_k=250.0)
+    with pytest.raises(ValueError, match="not above it"):
+        fit_flow(double_well, md[0], settings, log=lambda _: None, annealing_md=[md[1].assign_attrs(cold)])
+
+
 def test_with_data_weight_zero_the_data_only_measure_the_fit():
     from boltzflow.flows import SplineCouplingFlow
 
@@ -136,6 +151,10 @@ def test_annealing_is_a_config_error_without_a_ladder_and_never_reaches_the_ladd
     config["systems"]["toy"]["temperatures"] = [300, 400]
     validated = validate_config(config, schema)["systems"]["toy"]
     assert validated["flow"]["anneal_steps"] == 100 and validated["flow_ladder"]["anneal_steps"] == 0
+    config = _config(anneal_steps=100)
+    config["systems"]["toy"]["temperatures"] = [300, 400, 250]
+    with pytest.raises(ConfigError, match=r"^systems\.toy\.flow\.anneal_steps: .*expected every other temperature above"):
+        validate_config(config, schema)
     config = _config()
     config["systems"]["toy"].update(temperatures=[300, 400], flow_ladder={"anneal_steps": 10})
     with pytest.raises(ConfigError, match=r"^systems\.toy\.flow_ladder\.anneal_steps: "):

@@ -187,6 +187,18 @@ def test_summary_marks_a_heavy_tailed_proposal_unreliable_and_a_good_one_reliabl
     assert (surface["n_eff_xy"].sel(estimator="flow") >= 0).all()
 
 
+def test_the_k_hat_threshold_counts_the_draws_the_tail_was_estimated_from():
+    # flow_mcmc's k̂ is its 4,000 proposals' (threshold 0.70), not its 50 distinct chain states' (0.41).
+    common = dict(delta_f=np.array([0.0, 1.0]), delta_f_err=np.array([0.0, 0.1]), pareto_k=0.6,
+                  pareto_k_state=np.array([0.6, 0.6]), ess=np.nan, n_eff_state=np.array([100.0, 100.0]),
+                  integrator_error=np.zeros(2), n_distinct=50.0, n_distinct_state=np.array([50.0, 50.0]))
+    reliable, _ = verdict(Diagnostics(**common, tail_of="proposals'", tail_n_distinct=4000.0,
+                                      tail_n_distinct_state=np.array([4000.0, 4000.0])), ["a", "b"], SETTINGS)
+    assert reliable[1]
+    reliable, reasons = verdict(Diagnostics(**common), ["a", "b"], SETTINGS)
+    assert not reliable[1] and "PSIS k̂ 0.60 > 0.41" in reasons[1]
+
+
 def test_independence_mh_is_judged_by_the_tails_of_its_proposals_weights():
     from boltzflow.settings import MCMCSettings
     from boltzflow.stages.samplers import mcmc_stage

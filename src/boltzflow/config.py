@@ -166,6 +166,10 @@ def _check_blocks(name: str, system: dict) -> None:
         raise ConfigError(f"{key}.flow.anneal_steps: temperature annealing starts at the hottest ladder "
                           f"temperature; temperatures has {len(system['temperatures'])}, expected at least 2 "
                           "(or anneal_steps: 0)")
+    if system["flow"]["anneal_steps"] and min(system["temperatures"][1:], default=math.inf) <= system["temperatures"][0]:
+        raise ConfigError(f"{key}.flow.anneal_steps: temperature annealing runs down to the target (the first "
+                          f"temperature); temperatures {system['temperatures']} has one below it, expected every "
+                          "other temperature above the first")
     mcmc, n_samples = system["mcmc"], system["sampling"]["n_samples"]
     if system["estimators"]["flow_mcmc"] and n_samples // mcmc["chains"] <= mcmc["burn_in"]:
         raise ConfigError(f"{key}.mcmc.burn_in: {mcmc['burn_in']} burn-in steps need more than that many flow "

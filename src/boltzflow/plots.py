@@ -388,7 +388,21 @@ def _ess_scale(ax, values) -> None:
 
 
 #: How the training figure labels the start of a phase (``phase`` of the flow's curves).
-PHASE_LABELS = {1: "refinement →", 2: "annealing (a line per temperature) →"}
+PHASE_LABELS = {1: "refinement →", 2: "annealing (dotted: next temperature) →"}
+
+
+def _broken_at_temperature_changes(curves: xr.Dataset) -> xr.Dataset:
+    """The curves with a NaN record between two records at different temperatures (a line breaks there)."""
+    temperatures = curves["temperature"].values
+    changes = np.flatnonzero(temperatures[1:] != temperatures[:-1]) + 1
+    pieces, start = [], 0
+    for change in changes:
+        gap = curves.isel(step=[change - 1]).astype(float) * np.nan
+        gap = gap.assign_coords(step=[float(curves["step"].values[change - 1]) + 0.5])
+        pieces += [curves.isel(step=slice(start, change)).astype(float), gap]
+        start = change
+    pieces.append(curves.isel(step=slice(start, None)).astype(float))
+    return xr.concat(pieces, dim="step").assign_attrs(curves.attrs)
 
 
 def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTINGS, estimator: str = "flow"):
@@ -404,13 +418,15 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
     if "buffer_nll" in curves and np.isfinite(curves["buffer_nll"].values).any():
         terms.append(("replay-buffer NLL (forward KL to p)", "nats per sample", ["buffer_nll"]))
     fig, axes = plt.subplots(1, len(terms) + 1, figsize=(4.4 * (len(terms) + 1), 3.5), layout="constrained")
-    _loss_panels(axes[:-1], curves, terms)
+    # Each temperature's records as a line of their own: a jump between two is the temperature's, not training's.
+    drawn = _broken_at_temperature_changes(curves) if annealed else curves
+    _loss_panels(axes[:-1], drawn, terms)
     ax_ess = axes[-1]
     if "ess_fraction" in curves:
-        ax_ess.plot(curves["step"], curves["ess_fraction"], marker="o", color=estimator_colour(estimator),
+        ax_ess.plot(drawn["step"], drawn["ess_fraction"], marker="o", color=estimator_colour(estimator),
                     label="monitor samples (fixed noise)")
     if "buffer_ess_fraction" in curves and np.isfinite(curves["buffer_ess_fraction"].values).any():
-        ax_ess.plot(curves["step"], curves["buffer_ess_fraction"], color="0.4", linestyle="--",
+        ax_ess.plot(drawn["step"], drawn["buffer_ess_fraction"], color="0.4", linestyle="--",
                     label="replay buffer (all its samples)")
         ax_ess.legend(frameon=False, fontsize=7, loc="lower right")
     _ess_scale(ax_ess, np.concatenate([curves[name].values for name in ("ess_fraction", "buffer_ess_fraction")
@@ -435,6 +451,15 @@ def training_curves(curves: xr.Dataset, settings: FigureSettings = DEFAULT_SETTI
                 axes[0].annotate(PHASE_LABELS.get(int(phase[i]), "phase →"), (step[i - 1], 1.0),
                                  xycoords=("data", "axes fraction"), xytext=(3, -10), textcoords="offset points",
                                  fontsize=7, color="0.4")
+    if annealed:
+        # Each temperature's name over its stretch of records, on a top axis of the ESS panel (off the data).
+        step = curves["step"].values
+        starts = np.r_[0, np.flatnonzero(temperatures[1:] != temperatures[:-1]) + 1]
+        ends = np.r_[starts[1:], len(step)]
+        middles = [((step[start - 1] if start else 0) + step[end - 1]) / 2 for start, end in zip(starts, ends, strict=True)]
+        top = ax_ess.secondary_xaxis("top")
+        top.set_xticks(middles, labels=[f"{temperatures[start]:g} K" for start in starts])
+        top.tick_params(labelsize=6, length=0, labelcolor="0.4")
     ax_ess.set_xlabel("optimizer step")
     ax_ess.set_ylabel("ESS / N")
     return fig

@@ -98,7 +98,11 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
         raise ValueError("a temperature-conditioned flow (ladder_md) has no temperature annealing")
     if settings.anneal_steps and not annealing_md:
         raise ValueError("temperature annealing (anneal_steps > 0) needs the MD of the other ladder temperatures")
-    annealing_md = list(annealing_md or []) if settings.anneal_steps else []
+    # Hottest last, whatever order the ladder was given in (a toy's need not be sorted).
+    annealing_md = sorted(annealing_md or [], key=lambda md: _temperature_ratio(system, md)) if settings.anneal_steps else []
+    if annealing_md and _temperature_ratio(system, annealing_md[0]) <= 1.0:
+        raise ValueError(f"temperature annealing runs down to the target, {system.target_temperature_k:g} K; "
+                         f"the ladder has {float(annealing_md[0].attrs['temperature_k']):g} K, not above it")
     device = select_device(settings.device, log=log)
     torch.manual_seed(settings.seed)
     # The first phase learns the target's MD, or when annealing the hottest temperature's.
@@ -183,9 +187,11 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
                 energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
                 validation_fraction=phase["validation_fraction"], seed=phase["seed"], log=log,
                 checkpoint_path=phase["checkpoint"], buffer=phase["buffer"], data_weight=phase["data_weight"])
-            if phase["kind"] == 2 and not phase_curves["buffer_ess_fraction"][-1] >= ANNEAL_MIN_BUFFER_ESS:
-                log(f"WARNING: at {temperature:g} K the replay buffer's ESS/N is "
-                    f"{phase_curves['buffer_ess_fraction'][-1]:.4f}: the refit learns a handful of samples and the "
+            # The lowest of the phase's records: a flow collapsed onto a few samples can score well again later.
+            lowest = np.nanmin(phase_curves["buffer_ess_fraction"], initial=np.inf) if phase["kind"] == 2 else np.inf
+            if not lowest >= ANNEAL_MIN_BUFFER_ESS:
+                log(f"WARNING: at {temperature:g} K the replay buffer's ESS/N fell to "
+                    f"{lowest:.4f}: the refit learns a handful of samples and the "
                     "flow collapses onto them; anneal over a finer ladder, or from a better flow at the hottest "
                     "temperature")
             phase_curves["phase"] = np.full(len(phase_curves["step"]), phase["kind"], dtype=np.int64)
