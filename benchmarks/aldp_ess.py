@@ -40,8 +40,8 @@ from boltzflow.systems import system_from_config
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Overrides of the config's flow block (its flow_ladder block for the LADDER_SCHEMES), by scheme name.
-#: ladder_refine_rkl refines the flow_ladder block's flow (since this stop: likelihood alone, 3,000 steps), so
-#: its numbers before that are not comparable.
+#: ladder_refine_rkl refines the flow_ladder block's flow (likelihood alone since 2026-12-02; 4,000 steps since
+#: the stop after), so its numbers from before are not comparable.
 SCHEMES = {
     "default": {},
     "ml": {"energy_weight": 0.0, "refine_steps": 0},
