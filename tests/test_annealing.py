@@ -118,6 +118,21 @@ def test_a_shuffled_ladder_anneals_from_the_hottest_down_and_a_refinement_follow
         fit_flow(double_well, md[0], settings, log=lambda _: None, annealing_md=[md[1].assign_attrs(cold)])
 
 
+def test_each_temperature_holds_out_the_last_stretch_of_its_run_in_time(double_well):
+    # The 400 K frames stored latest-first, the latest tenth moved far up the well's wall: measured as that
+    # temperature's validation rows (as they must be), they cost far more nats than the same MD in time order.
+    md = [_exact_samples(double_well, t, 400, seed) for seed, t in enumerate(TEMPERATURES)]
+    positions = md[1]["positions"].values.copy()
+    positions[:40] = [2.4, 1.4]
+    settings = FlowSettings(n_layers=2, hidden=8, steps=2, anneal_steps=2, anneal_buffer_samples=64, device="cpu")
+    nll = {}
+    for order, time in (("latest first", np.arange(400.0)[::-1]), ("in time order", np.arange(400.0))):
+        hot = md[1].assign(positions=(("sample", "cv"), positions), time=("sample", time))
+        _, curves = fit_flow(double_well, md[0], settings, log=lambda _: None, annealing_md=[hot, md[2]])
+        nll[order] = curves["validation_nll"][curves["temperature"] == 400.0][-1]
+    assert nll["latest first"] > nll["in time order"] + 3
+
+
 def test_with_data_weight_zero_the_data_only_measure_the_fit():
     from boltzflow.flows import SplineCouplingFlow
 

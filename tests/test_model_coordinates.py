@@ -120,6 +120,20 @@ def test_model_coordinate_energy_is_u_minus_the_log_jacobian(molecule):
     assert float(energy(y1) - energy(y0)) == pytest.approx(-2 * math.log(2.0), abs=1e-12)
 
 
+def test_a_temperature_scales_the_energy_and_not_the_log_jacobian(molecule):
+    # At T = r T₁ the model-coordinate energy is u(x(y)) / r − J(y): with u ≡ 1, ratios 1 and 4 differ by
+    # exactly 1 − 1/4 whatever J is (a scaled J would make it 0.75 (1 − J), and J is far from 0 here).
+    from boltzflow.stages.flow import energy_at_temperature
+
+    positions = molecule.load_molecule().positions_nm[None]
+    coordinate_map = molecule.model_coordinates(positions).coordinate_map
+    y = coordinate_map.model_coordinates(torch.as_tensor(positions))
+    one = lambda x: torch.ones(x.shape[0], dtype=torch.float64)  # noqa: E731
+    at = {ratio: float(energy_at_temperature(coordinate_map, one, ratio)(y)) for ratio in (1.0, 4.0)}
+    assert at[1.0] - at[4.0] == pytest.approx(0.75, abs=1e-12)
+    assert abs(float(coordinate_map.log_jacobian(y))) > 10
+
+
 def test_energy_refinement_continues_the_training_and_pulls_the_flow_onto_the_target(toy):
     # MD samples 1.5x too broad for u = (x² + 2y²) / kT: maximum likelihood learns the broad Gaussian
     # (KL(q || p) = 2 × (1.5² - 1 - ln 1.5²) / 2 = 0.44 nats); the refinement's reverse KL pulls q onto p.

@@ -176,12 +176,9 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
                 log(f"phase {number + 1}/{len(phases)}: {PHASE_NAMES[phase['kind']]} at {temperature:g} K, "
                     f"{phase['steps']} steps, energy_weight {phase['energy_weight']:g}"
                     + (f", buffer_weight {phase['buffer'].weight:g}" if phase["buffer"] else ""))
-            # u_T = E / kT = u_target T_target / T, before the coordinate map adds its log-Jacobian.
-            energy_at = (reduced_energy if phase["ratio"] == 1.0
-                         else lambda x, ratio=phase["ratio"]: reduced_energy(x) / ratio)
             phase_curves = train_flow(
                 trained.to(device), phase["data"].to(device),
-                reduced_energy=coordinates.coordinate_map.reduced_energy_internal(energy_at),
+                reduced_energy=energy_at_temperature(coordinates.coordinate_map, reduced_energy, phase["ratio"]),
                 ess_samples=ESS_MONITOR_SAMPLES, steps=phase["steps"], batch_size=settings.batch_size,
                 learning_rate=phase["learning_rate"], energy_weight=phase["energy_weight"],
                 energy_batch_size=phase["energy_batch_size"], patience=phase["patience"],
@@ -199,6 +196,14 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
             curves = phase_curves if curves is None else _append_curves(curves, phase_curves)
     generator.flow = flow.cpu()
     return generator, curves
+
+
+def energy_at_temperature(coordinate_map, reduced_energy, ratio: float):
+    """The model-coordinate energy at T = ``ratio`` × T_target: u(x(y)) T_target / T − J(y). Only the energy
+    scales with the temperature; the log-Jacobian J of the coordinate map is a volume factor, not an energy."""
+    if ratio == 1.0:
+        return coordinate_map.reduced_energy_internal(reduced_energy)
+    return coordinate_map.reduced_energy_internal(lambda x: reduced_energy(x) / ratio)
 
 
 def _temperature_ratio(system, md: xr.Dataset) -> float:
