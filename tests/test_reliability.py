@@ -199,7 +199,10 @@ def test_the_k_hat_threshold_counts_the_draws_the_tail_was_estimated_from():
     assert not reliable[1] and "PSIS k̂ 0.60 > 0.41" in reasons[1]
 
 
-def test_independence_mh_is_judged_by_the_tails_of_its_proposals_weights():
+def test_independence_mh_is_judged_by_the_tails_of_its_proposals_weights(tmp_path):
+    from dataclasses import replace
+
+    from boltzflow.io import write_netcdf
     from boltzflow.settings import MCMCSettings
     from boltzflow.stages.samplers import mcmc_stage
 
@@ -210,9 +213,12 @@ def test_independence_mh_is_judged_by_the_tails_of_its_proposals_weights():
     verdicts = {}
     for scale, seed in ((1.3, 1), (0.5, 2)):
         proposals = _weighted_gaussian_samples(system, 4000, scale, seed)
-        chains = mcmc_stage(system, proposals, settings, quiet)
-        assert float(chains["proposal_pareto_k"]) == pytest.approx(pareto_k(proposals["log_w"].values))
+        # The rule's system has no states (they would rerun the sampler); the chains keep their proposals.
+        chains = mcmc_stage(replace(system, states=()), proposals, settings, quiet)
+        write_netcdf(chains, tmp_path / f"flow_mcmc_{scale}.nc")
         estimates = reweight_stage(system, chains, observables, "flow_mcmc", SETTINGS, quiet)
+        assert float(estimates["pareto_k"].sel(estimator="flow_mcmc")) == pytest.approx(
+            pareto_k(proposals["log_w"].values))
         verdicts[scale] = (estimates["reliable"].sel(estimator="flow_mcmc").values.astype(bool),
                            estimates["unreliable_reason"].sel(estimator="flow_mcmc").values,
                            float(estimates["pareto_k"].sel(estimator="flow_mcmc")))

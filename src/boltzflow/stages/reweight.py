@@ -85,13 +85,8 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     integrator_error = samples["integrator_error"].values if measured else np.zeros(n_states)
     integrator_error_err = (samples["integrator_error_err"].values if "integrator_error_err" in samples
                             else np.zeros(n_states))
-    # An independence MH sampler is judged by its proposals' weight tails (stages.samplers.proposal_tails).
-    tails = {}
-    if "proposal_pareto_k_state" in samples:
-        tails = dict(pareto_k=float(samples["proposal_pareto_k"]),
-                     pareto_k_state=samples["proposal_pareto_k_state"].values,
-                     tail_n_distinct=float(samples["proposal_n_distinct"]),
-                     tail_n_distinct_state=samples["proposal_n_distinct_state"].values, tail_of="proposals'")
+    # An independence MH sampler is judged by the tails of its proposals' weights (proposal_tails).
+    tails = proposal_tails(system, samples) if "proposal_log_w" in samples else {}
     diagnostics = []
     for index, lw in enumerate(weightings):
         merged, first = estimators.merge_copies(lw, groups)
@@ -171,6 +166,25 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
     dataset["js_divergence"] = variable("estimator", [d[1] for d in divergences], "1", divergence_long_name("JS", system, settings))
     dataset.attrs["n_nonfinite"] = n_dropped
     return dataset
+
+
+def proposal_tails(system, samples: xr.Dataset) -> dict:
+    """PSIS k̂ of an independence sampler's proposals' log-weights, of all and inside each state, with the
+    draws each was taken over: the tail fields of its :class:`~boltzflow.reliability.Diagnostics`.
+
+    An independence Metropolis-Hastings chain is geometrically (then also uniformly) ergodic only if the
+    weights p/q are bounded (Mengersen & Tweedie 1996): a chain that reaches a proposal of large weight stays
+    there for a number of steps that grows with the weight, so a heavy-tailed weight distribution makes the
+    chains stick and their spread understate the error. Over a fixed set of proposals the chains are a
+    correlated resampling of the same weights, never more trustworthy than importance sampling with them.
+    """
+    log_w = samples["proposal_log_w"].values
+    cvs = {cv: samples["proposal_cv_values"].sel(cv=cv).values for cv in samples["cv"].values}
+    in_state = [np.where(state.contains(cvs), log_w, -np.inf) for state in system.states]
+    return dict(pareto_k=pareto_k(log_w), pareto_k_state=np.array([pareto_k(w) for w in in_state]),
+                tail_n_distinct=float(np.isfinite(log_w).sum()),
+                tail_n_distinct_state=np.array([float(np.isfinite(w).sum()) for w in in_state]),
+                tail_of="proposals'")
 
 
 def bin_effective_samples(index: np.ndarray, log_w: np.ndarray, groups: np.ndarray, n_bins: int) -> np.ndarray:

@@ -90,28 +90,10 @@ def mcmc_stage(system, samples: xr.Dataset, settings: MCMCSettings, log=print) -
     dataset["chain"] = variable("sample", np.tile(np.arange(settings.chains), len(index) // settings.chains), "1",
                                 "chain of the state (standard errors resample whole chains)")
     dataset.attrs["acceptance_rate"] = rate
-    return dataset.assign(proposal_tails(system, samples))
-
-
-def proposal_tails(system, samples: xr.Dataset) -> xr.Dataset:
-    """PSIS k̂ of the proposals' log-weights, of all and inside each state, and the draws each is over.
-
-    An independence Metropolis-Hastings chain is geometrically (then also uniformly) ergodic only if the
-    weights p/q are bounded (Mengersen & Tweedie 1996): a chain that reaches a state of large weight stays
-    there for a number of steps that grows with the weight, so a heavy-tailed weight distribution makes the
-    chains stick and their spread understate the error. The reweight stage judges the chains by these tails.
-    """
-    from boltzflow.reliability import pareto_k
-
-    log_w = samples["log_w"].values
-    cvs = system.cv_values(samples["positions"].values)
-    in_state = [np.where(state.contains(cvs), log_w, -np.inf) for state in system.states]
-    names = [state.name for state in system.states]
-    return xr.Dataset({
-        "proposal_pareto_k": variable((), pareto_k(log_w), "1", "PSIS k-hat of the proposals' log-weights"),
-        "proposal_pareto_k_state": variable("state", [pareto_k(w) for w in in_state], "1",
-                                            "PSIS k-hat of the proposals' log-weights inside the state"),
-        "proposal_n_distinct": variable((), float(np.isfinite(log_w).sum()), "1", "proposals with weight"),
-        "proposal_n_distinct_state": variable("state", [float(np.isfinite(w).sum()) for w in in_state], "1",
-                                              "proposals with weight in the state"),
-    }, coords={"state": ("state", names)})
+    # The proposals' weights and CVs: the reweight stage judges the chains by the tails of those weights, in
+    # all and in each state (this rule's system carries no states, so that changing them reruns no sampler).
+    dataset["proposal_log_w"] = variable("proposal", samples["log_w"].values, "1",
+                                         "log-weight -u - ln q of each proposal (the flow's samples)")
+    dataset["proposal_cv_values"] = variable(("proposal", "cv"), samples["cv_values"].values,
+                                             samples["cv_values"].attrs.get("units", "1"), "CVs of each proposal")
+    return dataset
