@@ -143,9 +143,7 @@ def fit_flow(system, target_md: xr.Dataset, settings: FlowSettings, log=print, c
     # weighted to the next temperature; the MD of that temperature measures the fit, and is not learnt.
     for k, md in reversed(list(enumerate([target_md] + annealing_md[:-1] if annealing_md else []))):
         ratio = _temperature_ratio(system, md) if k else 1.0
-        train_index, validation_index = validation_split(md, settings.validation_fraction)
-        y = coordinates.coordinate_map.model_coordinates(
-            torch.as_tensor(md["positions"].values[np.concatenate([train_index, validation_index])]))
+        y, _ = _held_out_last(coordinates.coordinate_map, md, settings.validation_fraction)
         phases.append(dict(steps=settings.anneal_steps, learning_rate=settings.anneal_learning_rate,
                            energy_weight=0.0, energy_batch_size=settings.energy_batch_size, patience=0,
                            seed=settings.seed + 20 + k, kind=2, ratio=ratio,
@@ -206,6 +204,16 @@ def energy_at_temperature(coordinate_map, reduced_energy, ratio: float):
     return coordinate_map.reduced_energy_internal(lambda x: reduced_energy(x) / ratio)
 
 
+def _held_out_last(coordinate_map, md: xr.Dataset, validation_fraction: float):
+    """An MD file's model coordinates, training rows first and its held-out last stretch in time after them
+    (:func:`validation_split`, the rows train_flow holds out) → (rows, number of training rows)."""
+    import torch
+
+    train_index, validation_index = validation_split(md, validation_fraction)
+    positions = md["positions"].values[np.concatenate([train_index, validation_index])]
+    return coordinate_map.model_coordinates(torch.as_tensor(positions)), len(train_index)
+
+
 def _temperature_ratio(system, md: xr.Dataset) -> float:
     """T / T_target of an MD file of the ladder (its ``temperature_k`` attribute)."""
     return float(md.attrs["temperature_k"]) / system.target_temperature_k
@@ -223,12 +231,10 @@ def _ladder_rows(system, coordinate_map, target_data, n_target_validation: int, 
     training, validation = [target[:n_target_training]], [target[n_target_training:]]
     for md in ladder_md:
         ratio = _temperature_ratio(system, md)
-        train_index, validation_index = validation_split(md, validation_fraction)
-        positions = md["positions"].values[np.concatenate([train_index, validation_index])]
-        y = coordinate_map.model_coordinates(torch.as_tensor(positions)).to(target_data.dtype)
-        rows = torch.cat([y, torch.full_like(y[:, :1], ratio)], dim=1)
-        training.append(rows[:len(train_index)])
-        validation.append(rows[len(train_index):])
+        y, n_train = _held_out_last(coordinate_map, md, validation_fraction)
+        rows = torch.cat([y.to(target_data.dtype), torch.full_like(y[:, :1], ratio, dtype=target_data.dtype)], dim=1)
+        training.append(rows[:n_train])
+        validation.append(rows[n_train:])
     rows = torch.cat(training + validation)
     return rows, sum(len(block) for block in validation) / len(rows)
 
