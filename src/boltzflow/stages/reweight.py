@@ -3,6 +3,8 @@ the weights and a reliability verdict per state."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import xarray as xr
 
@@ -92,7 +94,7 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
         merged, first = estimators.merge_copies(lw, groups)
         in_state = [np.where(mask[first], merged, -np.inf) for mask in masks]
         weighted = spec.weighted and index == 0
-        diagnostics.append(Diagnostics(**{**dict(
+        diagnostic = Diagnostics(
             delta_f=values[index, :n_states], delta_f_err=errors[index, :n_states],
             pareto_k=pareto_k(merged) if weighted else np.nan,
             pareto_k_state=np.array([pareto_k(w) if weighted else np.nan for w in in_state]),
@@ -103,7 +105,8 @@ def reweight_stage(system, samples: xr.Dataset, observables: xr.Dataset, estimat
             integrator_error=integrator_error if index == 0 else np.zeros(n_states),
             integrator_error_err=integrator_error_err if index == 0 else np.zeros(n_states),
             integrator_measured=measured and index == 0,
-            biased=UNWEIGHTED if index else ""), **(tails if index == 0 else {})}))
+            biased=UNWEIGHTED if index else "")
+        diagnostics.append(replace(diagnostic, **tails) if index == 0 else diagnostic)
     state_names = [s.name for s in system.states]
     verdicts = [verdict(d, state_names, settings) for d in diagnostics]
     for name, d, (reliable, reasons) in zip(names, diagnostics, verdicts):
