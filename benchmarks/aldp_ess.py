@@ -4,7 +4,7 @@ target-energy evaluations, beside published anchors.
     python benchmarks/aldp_ess.py --md results/alanine_dipeptide/md/300K.nc [--config config/config.yaml]
                                   [--schemes default ml ml_early_stop ml_rkl refine_rkl refine_buffer anneal ladder
                                    ladder_rkl ladder_refine_rkl]
-                                  [--samples 100000] [--log-curves]
+                                  [--samples 100000] [--log-curves] [--set steps=16000 batch_size=512 ...]
 
 Each scheme trains the flow as the train_flow rule does (``stages.flow.fit_flow``) on every recorded MD frame
 of the target temperature produced by the workflow, with the config's flow block plus the scheme's overrides
@@ -18,7 +18,9 @@ replay buffer and the ESS monitor; the MD's own force evaluations are counted ap
 trimmed ESS/N (Kish, normalized: (Σw)² / (N Σw²) over all N samples, zero-weight samples included), and the
 reweighted ΔF of the second state against the first (no error bar here: the pipeline's reweight rule gives it
 with one), beside the anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas ×
-runs) and are not counted here.
+runs) and are not counted here. ``--set key=value`` overrides a flow setting in every scheme, after the scheme's
+own overrides (values are read as YAML: ``--set steps=16000 learning_rate=5e-4``): a longer run of a scheme
+without a new entry in SCHEMES.
 """
 
 import argparse
@@ -98,7 +100,15 @@ def main():
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     parser.add_argument("--samples", type=int, default=100000)
     parser.add_argument("--log-curves", action="store_true", help="print every training record")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="flow settings for every scheme, after the scheme's own (YAML values)")
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator or key not in FlowSettings.__dataclass_fields__:
+            parser.error(f"--set {item}: expected KEY=VALUE with KEY a flow setting")
+        overrides[key] = yaml.safe_load(value)
 
     torch.set_num_threads(1)
     config = validate_config(yaml.safe_load(Path(args.config).read_text()), load_schema(ROOT / "config/schema.yaml"))
@@ -110,7 +120,7 @@ def main():
     rows = []
     for name in args.schemes:
         block = system_config["flow_ladder" if name in LADDER_SCHEMES else "flow"]
-        flow = {**block, **SCHEMES[name], "device": "cpu"}
+        flow = {**block, **SCHEMES[name], **overrides, "device": "cpu"}
         system = CountingSystem(system_from_config(args.system, system_config))
         start = time.process_time()
         log = print if args.log_curves else (lambda message: None)

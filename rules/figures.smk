@@ -175,6 +175,7 @@ rule figure_cost:
     input:
         summary="results/{system}/summary.nc",
         training_md_benchmarks=training_md_benchmarks,
+        md_benchmarks=md_benchmarks,
     output:
         report(
             "results/{system}/figures/cost.png",
@@ -184,6 +185,7 @@ rule figure_cost:
         ),
     params:
         figures=figure_params,
+        ladder_trained=ladder_trained_estimators,
     log:
         "results/{system}/logs/figure_cost.log",
     benchmark:

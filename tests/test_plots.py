@@ -207,6 +207,18 @@ def test_cost_figure_adds_the_training_md_to_every_model_estimator():
     assert "quadrature" in ax_err.get_ylabel()
 
 
+def test_cost_figure_adds_each_estimator_its_own_training_md():
+    # A model that learns the whole ladder (flow_ladder; an annealed flow) costs every temperature's MD.
+    summary = summary_dataset()
+    seconds = {name: 3000.0 if name == MODELS[0] else 1000.0 for name in summary["estimator"].values}
+    fig = cost_figure(summary, seconds, SETTINGS)
+    ax_err = fig.axes[0]
+    open_points = [line for line in ax_err.lines if line.get_markerfacecolor() == "white"]
+    for name, point in zip(MODELS, open_points):
+        assert point.get_xdata()[0] == float(summary["cpu_seconds"].sel(estimator=name)) + seconds[name]
+    assert any("(1e+03 or 3e+03 s)" in text.get_text() for text in fig.legends[0].get_texts())
+
+
 def test_summary_table_marks_unreliable_rows_with_their_reason():
     page = summary_html(summary_dataset(), "toy")
     assert page.count('<tr class="unreliable">') == 1

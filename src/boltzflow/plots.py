@@ -9,6 +9,8 @@ surface bins with fewer than ``figures.min_bin_effective_samples`` effective sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; no display on a cluster node
@@ -290,14 +292,19 @@ def _reference_name(summary: xr.Dataset) -> str:
     return QUADRATURE if QUADRATURE in summary["estimator"].values else REFERENCE.name
 
 
-def cost_figure(summary: xr.Dataset, training_md_seconds: float, settings: FigureSettings = DEFAULT_SETTINGS):
+def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, float],
+                settings: FigureSettings = DEFAULT_SETTINGS):
     """CPU seconds against the ΔF error and ESS/N, one row per estimator.
 
     The ΔF error is the root mean square over the non-reference states of (ΔF − ΔF_ref), ref the exact
     quadrature where the summary has it and MBAR otherwise; the error bar is the root mean square of the
     combined standard errors. Each model estimator is drawn twice, joined by a line: its own rules
-    (filled) and with the ``training_md_seconds`` of the MD it trains on added (open).
+    (filled) and with the CPU seconds of the MD it trains on added (open): ``training_md_seconds``, one
+    number for all, or one per estimator (a model that learns the whole ladder costs the MD of every
+    temperature; Langevin toys run one MD job per temperature, so that differs from the target's).
     """
+    if not isinstance(training_md_seconds, Mapping):
+        training_md_seconds = dict.fromkeys(summary["estimator"].values, float(training_md_seconds))
     sns.set_theme(style=settings.style)
     reference = _reference_name(summary)
     names = [name for name in ordered_estimators(summary["estimator"].values) if name != reference and name != QUADRATURE]
@@ -317,7 +324,7 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float, settings: Figur
         text = label(name) + (" (unreliable)" if unreliable else "")
         ax_err.errorbar(cost, rms, yerr=bar, fmt="o", color=colour, label=text, capsize=3,
                         mec="0.3" if unreliable else colour)
-        costs = [cost] if name == REFERENCE.name else [cost, cost + training_md_seconds]
+        costs = [cost] if name == REFERENCE.name else [cost, cost + training_md_seconds[name]]
         if len(costs) == 2:
             ax_err.plot(costs, [rms, rms], "-", color=colour, lw=1)
             ax_err.plot(costs[1], rms, "o", mfc="white", mec=colour)
@@ -334,9 +341,10 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float, settings: Figur
     ax_err.set_ylabel(f"RMS of ΔF − ΔF({label(reference)}) / kT")
     ax_ess.set_yscale("log")
     ax_ess.set_ylabel("ESS / N")
+    md_costs = sorted({training_md_seconds[name] for name in names if name != REFERENCE.name})
     key = [Line2D([], [], ls="none", marker="o", color="0.3", label="model only (training, sampling, reweighting)"),
            Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
-                  label=f"model + MD it trains on ({training_md_seconds:.3g} s)"),
+                  label=f"model + MD it trains on ({' or '.join(f'{seconds:.3g}' for seconds in md_costs)} s)"),
            Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({mbar_cost:.3g} s)")]
     handles, _ = ax_err.get_legend_handles_labels()
     fig.legend(handles=handles + key, loc="outside right upper", frameon=False, fontsize=8)
