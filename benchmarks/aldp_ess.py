@@ -19,7 +19,7 @@ trimmed ESS/N (Kish, normalized: (Σw)² / (N Σw²) over all N samples, zero-we
 reweighted ΔF of the second state against the first (no error bar here: the pipeline's reweight rule gives it
 with one), beside the anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas ×
 runs) and are not counted here. ``--set key=value`` overrides a flow setting in every scheme, after the scheme's
-own overrides (values are read as YAML: ``--set steps=16000 learning_rate=5e-4``): a longer run of a scheme
+own overrides (values are read as YAML and cast to the setting's type: ``--set steps=16000 learning_rate=5e-4``): a longer run of a scheme
 without a new entry in SCHEMES.
 """
 
@@ -108,7 +108,12 @@ def main():
         key, separator, value = item.partition("=")
         if not separator or key not in FlowSettings.__dataclass_fields__:
             parser.error(f"--set {item}: expected KEY=VALUE with KEY a flow setting")
-        overrides[key] = yaml.safe_load(value)
+        # cast to the setting's type: YAML 1.1 reads "3e-4" as a string
+        kind = type(FlowSettings.__dataclass_fields__[key].default)
+        try:
+            overrides[key] = kind(yaml.safe_load(value))
+        except (TypeError, ValueError):
+            parser.error(f"--set {item}: expected a {kind.__name__} for {key}")
 
     torch.set_num_threads(1)
     config = validate_config(yaml.safe_load(Path(args.config).read_text()), load_schema(ROOT / "config/schema.yaml"))
