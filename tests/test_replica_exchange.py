@@ -203,3 +203,27 @@ def test_unreadable_checkpoint_is_ignored(tmp_path):
     fresh = run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, SMALL, log=_quiet)
     np.testing.assert_array_equal(result.positions_nm, fresh.positions_nm)
     assert not checkpoint.exists()
+
+
+def test_frames_are_checked_as_they_come_and_a_failing_check_stops_the_run():
+    system, topology, anchors_nm = _restrained_particles(5)
+    seen = []
+    result = run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, SMALL, log=_quiet,
+                                  check_frames=lambda positions, time_ps: seen.append((positions.copy(), time_ps)))
+    # Every recorded frame exactly once, in order, with its time, over several calls (not one at the end).
+    assert len(seen) > 5
+    np.testing.assert_array_equal(np.concatenate([positions for positions, _ in seen], axis=1), result.positions_nm)
+    np.testing.assert_array_equal(np.concatenate([time_ps for _, time_ps in seen]), result.time_ps)
+
+    class Inverted(Exception):
+        pass
+
+    calls = []
+
+    def fail(positions, time_ps):
+        calls.append(time_ps[-1])
+        raise Inverted
+
+    with pytest.raises(Inverted):
+        run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, SMALL, log=_quiet, check_frames=fail)
+    assert calls == [seen[0][1][-1]] and calls[0] < result.time_ps[-1] / 5

@@ -156,3 +156,27 @@ def test_restraint_energy_is_50_kj_mol_times_the_flat_bottom_at_0_3_for_unequal_
         assert _restraint_energy(chirality_restraint(bonds, reference), x) == pytest.approx(expected, rel=1e-6, abs=1e-9), elevation
     assert _restraint_energy(chirality_restraint(bonds, reference), _centre(7.5)) == 0.0
     assert _restraint_energy(chirality_restraint(bonds, reference), _centre(6.0)) > 0.0  # onset between
+
+
+def test_the_replica_exchange_stage_checks_while_it_runs(molecule, monkeypatch):
+    # A run that inverts stops at the first check, with the check's one line (the system named once).
+    import boltzflow.stages.md as md_stage
+    from boltzflow.replica_exchange import ReplicaExchangeSettings
+
+    block = yaml.safe_load((ROOT / "config/config.yaml").read_text())["systems"]["alanine_dipeptide"]
+    system = system_from_config("alanine_dipeptide", {**block, "pdb": str(PDB), "temperatures": [300, 600]})
+    checked = []
+
+    def inverted(system, molecule, positions_nm, time_ps, run):
+        checked.append(time_ps)
+        raise PhysicsError(f"{system.name}: replica exchange run {run}: ALA2 CA turned into its mirror image")
+
+    monkeypatch.setattr(md_stage, "check_stereochemistry", inverted)
+    settings = ReplicaExchangeSettings(steps_per_exchange=10, exchanges=200, equilibration_exchanges=0,
+                                       report_interval=10, platform="Reference", seed=3)
+    lines = []
+    with pytest.raises(PhysicsError) as error:
+        md_stage.replica_exchange_stage(system, settings, log=lines.append, run=1)
+    assert str(error.value) == "alanine_dipeptide: replica exchange run 1: ALA2 CA turned into its mirror image"
+    assert len(checked) == 1 and checked[0][-1] < 4.0 / 5  # within the first fifth of the run's 4 ps
+    assert sum("exchange " in line and "ETA" in line for line in lines) == 1

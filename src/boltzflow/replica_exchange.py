@@ -113,6 +113,7 @@ def run_seed(seed: int, run: int) -> int:
 
 def run_replica_exchange(system, topology, positions_nm, temperatures_k, settings: ReplicaExchangeSettings,
                          log: Callable[[str], None] = print, checkpoint_path: str | Path | None = None,
+                         check_frames: Callable[[np.ndarray, np.ndarray], None] | None = None,
                          _stop_after_exchanges: int | None = None) -> ReplicaExchangeResult:
     """Run temperature replica exchange of ``system`` (an ``openmm.System``) over ``temperatures_k``.
 
@@ -123,6 +124,10 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     With ``checkpoint_path`` (a file), progress is saved about every tenth of the run and a rerun with
     the same settings, temperatures and atom count resumes from it, bit for bit on the Reference
     platform; a checkpoint of anything else is ignored (and overwritten). It is removed on success.
+    ``check_frames(positions_nm, time_ps)`` is called at every progress line with the frames recorded since
+    its last call ([state, frame, atom, 3] nm, and their times in ps), and at the end with the rest, so that
+    a check that raises (a centre turned into its mirror image) stops the run then, not hours later at its
+    end; a resumed run checks its checkpoint's frames again at its first call.
     ``_stop_after_exchanges`` (for tests) raises :class:`ReplicaExchangeInterrupted` once that many
     exchanges are done, counted from the start of the run (equilibration and resumed ones included).
     """
@@ -180,6 +185,9 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     progress_every = max(1, total_exchanges // PROGRESS_LINES)
     checkpoint_every = max(1, total_exchanges // CHECKPOINTS)
     first = done
+    dt_ps = settings.timestep_fs * 1e-3
+    time_ps = settings.report_interval * dt_ps * np.arange(1, n_frames + 1)
+    frames_checked = 0
     start = time.perf_counter()
     for exchange in range(first, total_exchanges):
         frame0 = (exchange - settings.equilibration_exchanges) * frames_per_exchange
@@ -191,6 +199,11 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
         if done % progress_every == 0 or done == total_exchanges:
             _log_progress(log, settings, record, done, first, total_exchanges, n_states,
                           time.perf_counter() - start)
+            frames_recorded = max(frame0 + frames_per_exchange, 0)
+            if check_frames is not None and frames_recorded > frames_checked:
+                check_frames(record.positions_nm[:, frames_checked:frames_recorded],
+                             time_ps[frames_checked:frames_recorded])
+                frames_checked = frames_recorded
         if checkpoint is not None and done % checkpoint_every == 0 and done < total_exchanges:
             checkpoint.save(record, contexts, rng, done, max(frame0 + frames_per_exchange, 0))
         if _stop_after_exchanges is not None and done >= _stop_after_exchanges:
@@ -199,14 +212,13 @@ def run_replica_exchange(system, topology, positions_nm, temperatures_k, setting
     if checkpoint is not None:
         checkpoint.remove()
 
-    dt_ps = settings.timestep_fs * 1e-3
     with np.errstate(invalid="ignore", divide="ignore"):
         acceptance = record.accepted / record.attempts
     return ReplicaExchangeResult(
         positions_nm=record.positions_nm,
         energy_kj_mol=record.energy_kj_mol,
         replica=record.replica,
-        time_ps=settings.report_interval * dt_ps * np.arange(1, n_frames + 1),
+        time_ps=time_ps,
         temperatures_k=temperatures_k,
         acceptance=acceptance,
         attempts=record.attempts.copy(),

@@ -67,11 +67,15 @@ def replica_exchange_stage(system, settings, log=print, checkpoint_path=None, th
     log(f"replica exchange of {system.name} ({molecule.n_atoms} atoms) over "
         f"{', '.join(f'{t:g}' for t in system.temperatures_k)} K on {platform}: run {run}, seed {settings.seed}")
     try:
-        result = run_replica_exchange(molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k,
-                                      settings, log=log, checkpoint_path=checkpoint_path)
+        # Checked as the frames come (a paper-sized run that inverts fails in minutes, not at its end).
+        result = run_replica_exchange(
+            molecule.system, molecule.topology, molecule.positions_nm, system.temperatures_k, settings, log=log,
+            checkpoint_path=checkpoint_path,
+            check_frames=lambda positions_nm, time_ps: check_stereochemistry(system, molecule, positions_nm,
+                                                                               time_ps, run))
     except PhysicsError as error:
-        raise PhysicsError(f"{system.name}: {error}") from None
-    check_stereochemistry(system, molecule, result.positions_nm, result.time_ps, run)
+        message = str(error)  # the stereochemistry check names the system already
+        raise PhysicsError(message if message.startswith(f"{system.name}: ") else f"{system.name}: {message}") from None
     ns = result.steps_integrated * settings.timestep_fs * 1e-6
     ns_per_day = ns / result.wall_seconds * 86400 if result.wall_seconds > 0 else np.nan
     log("exchange acceptance per neighbour pair: " + ", ".join(f"{a:.3f}" for a in result.acceptance))
