@@ -107,12 +107,9 @@ def training_md_benchmarks(wildcards):
     return _md_benchmarks(wildcards.system, config["systems"][wildcards.system]["temperatures"][:1])
 
 
-def ladder_trained_estimators(wildcards):
-    """The enabled estimators whose model learns the MD of every ladder temperature, not the target's alone:
-    the temperature-conditioned flow's, and the flow's own when it anneals (their cost adds all of the MD)."""
-    annealing = bool(_system(wildcards)["flow"]["anneal_steps"])
-    return [name for name in enabled_estimators(wildcards.system)
-            if BY_NAME[name].model == "flow_ladder" or (annealing and BY_NAME[name].model == "flow")]
+def flow_anneals(wildcards):
+    """Whether the flow anneals from the hottest temperature (then it learns every temperature's MD)."""
+    return bool(_system(wildcards)["flow"]["anneal_steps"])
 
 
 def _md_benchmarks(system, temperatures):

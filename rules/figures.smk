@@ -185,7 +185,7 @@ rule figure_cost:
         ),
     params:
         figures=figure_params,
-        ladder_trained=ladder_trained_estimators,
+        flow_anneals=flow_anneals,
     log:
         "results/{system}/logs/figure_cost.log",
     benchmark:

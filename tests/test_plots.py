@@ -8,7 +8,7 @@ import xarray as xr
 from matplotlib.collections import QuadMesh
 from matplotlib.colors import to_rgb
 
-from boltzflow.benchmark_files import cpu_seconds
+from boltzflow.benchmark_files import cpu_seconds, training_md_seconds
 from boltzflow.estimator_table import ESTIMATORS, label
 from boltzflow.plots import (
     QUADRATURE,
@@ -217,6 +217,17 @@ def test_cost_figure_adds_each_estimator_its_own_training_md():
     for name, point in zip(MODELS, open_points):
         assert point.get_xdata()[0] == float(summary["cpu_seconds"].sel(estimator=name)) + seconds[name]
     assert any("(1e+03 or 3e+03 s)" in text.get_text() for text in fig.legends[0].get_texts())
+
+
+def test_the_training_md_of_a_model_that_learns_the_ladder_is_every_temperature_s():
+    names = ["mbar", "flow", "flow_raw", "score_exact", "score_exact_raw", "flow_ladder", "flow_smc", "flow_mcmc",
+             "score_smc"]
+    plain = training_md_seconds(names, 10.0, 30.0, annealing=False)
+    assert [name for name in names if plain[name] == 30.0] == ["flow_ladder"]
+    assert plain["mbar"] == plain["flow_raw"] == plain["score_smc"] == 10.0
+    annealed = training_md_seconds(names, 10.0, 30.0, annealing=True)
+    assert [name for name in names if annealed[name] == 30.0] == ["flow", "flow_raw", "flow_ladder", "flow_smc",
+                                                                   "flow_mcmc"]
 
 
 def test_summary_table_marks_unreliable_rows_with_their_reason():

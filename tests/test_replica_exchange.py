@@ -227,3 +227,23 @@ def test_frames_are_checked_as_they_come_and_a_failing_check_stops_the_run():
     with pytest.raises(Inverted):
         run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, SMALL, log=_quiet, check_frames=fail)
     assert calls == [seen[0][1][-1]] and calls[0] < result.time_ps[-1] / 5
+
+
+@pytest.mark.parametrize("exchanges", [40, 41])  # the last exchange on a progress line, and off one
+def test_a_run_checks_its_last_frames_and_a_resumed_run_its_checkpoint_s(tmp_path, exchanges):
+    system, topology, anchors_nm = _restrained_particles(5)
+    settings = dataclasses.replace(SMALL, exchanges=exchanges)
+    seen = []
+    result = run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, settings, log=_quiet,
+                                  check_frames=lambda positions, time_ps: seen.append(time_ps))
+    np.testing.assert_array_equal(np.concatenate(seen), result.time_ps)
+    # Interrupted after a checkpoint that holds frames no check has seen yet: the resumed run checks them.
+    checkpoint = tmp_path / "run.checkpoint"
+    with pytest.raises(ReplicaExchangeInterrupted):
+        run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, settings, log=_quiet,
+                             checkpoint_path=checkpoint, _stop_after_exchanges=25,
+                             check_frames=lambda positions, time_ps: None)
+    resumed = []
+    run_replica_exchange(system, topology, anchors_nm, SMALL_TEMPERATURES_K, settings, log=_quiet,
+                         checkpoint_path=checkpoint, check_frames=lambda positions, time_ps: resumed.append(time_ps))
+    np.testing.assert_array_equal(np.concatenate(resumed), result.time_ps)

@@ -69,6 +69,17 @@ ESTIMATORS = (
 BY_NAME = {estimator.name: estimator for estimator in ESTIMATORS}
 
 
+def learns_the_ladder(name: str, annealing: bool) -> bool:
+    """Whether the model of estimator ``name`` (or of its ``_raw`` companion) learns the MD of every ladder
+    temperature, not the target's alone: the temperature-conditioned flow's always, the flow's (and so its
+    SMC and MCMC) when it anneals from the hottest temperature (``flow.anneal_steps`` > 0)."""
+    base = name.removesuffix("_raw")
+    if base not in BY_NAME:
+        return False
+    model = BY_NAME[base].model
+    return model == "flow_ladder" or (annealing and model == "flow")
+
+
 def label(name: str) -> str:
     """The figure label of an estimator or of its ``_raw`` companion ("flow, unweighted")."""
     if name in (REFERENCE.name, QUADRATURE.name):

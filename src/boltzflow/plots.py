@@ -341,10 +341,12 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, f
     ax_err.set_ylabel(f"RMS of ΔF − ΔF({label(reference)}) / kT")
     ax_ess.set_yscale("log")
     ax_ess.set_ylabel("ESS / N")
-    md_costs = sorted({training_md_seconds[name] for name in names if name != REFERENCE.name})
+    # The distinct MD costs as printed (replica exchange: target and ladder differ by the per-temperature jobs).
+    md_costs = list(dict.fromkeys(f"{seconds:.3g}" for seconds in
+                                  sorted(training_md_seconds[name] for name in names if name != REFERENCE.name)))
     key = [Line2D([], [], ls="none", marker="o", color="0.3", label="model only (training, sampling, reweighting)"),
            Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
-                  label=f"model + MD it trains on ({' or '.join(f'{seconds:.3g}' for seconds in md_costs)} s)"),
+                  label="model + MD it trains on" + (f" ({' or '.join(md_costs)} s)" if md_costs else "")),
            Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({mbar_cost:.3g} s)")]
     handles, _ = ax_err.get_legend_handles_labels()
     fig.legend(handles=handles + key, loc="outside right upper", frameon=False, fontsize=8)
