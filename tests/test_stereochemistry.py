@@ -51,6 +51,20 @@ def test_swapping_two_substituents_of_the_alpha_carbon_is_found_at_its_frame(mol
     assert first_inversion(frames[:, :2], x, centres, neighbours) is None
 
 
+def test_a_centre_just_past_planar_is_an_excursion_and_well_past_it_an_inversion():
+    # One centre at the origin with neighbours a, b, d = (-1, -1, z): chirality z / sqrt(2 + z²).
+    def centre(z):
+        return np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -1.0, z]])
+
+    centres, neighbours = np.array([0]), np.array([[1, 2, 3]])
+    assert chirality(centre(1.0), centres, neighbours)[0] == pytest.approx(1 / math.sqrt(3))
+    assert chirality(centre(-0.0707), centres, neighbours)[0] == pytest.approx(-0.05, abs=1e-3)
+    frames = np.stack([centre(1.0), centre(-0.0707), centre(0.3), centre(-0.5), centre(-1.0)])
+    # z = -0.5 gives -0.33, past -0.3; the excursion to -0.05 before it is not an inversion.
+    assert first_inversion(frames, centre(1.0), centres, neighbours) == ((3,), 0)
+    assert first_inversion(frames[:3], centre(1.0), centres, neighbours) is None
+
+
 def test_the_replica_exchange_stops_with_one_line_naming_atom_temperature_and_time(molecule):
     block = yaml.safe_load((ROOT / "config/config.yaml").read_text())["systems"]["alanine_dipeptide"]
     system = system_from_config("alanine_dipeptide", {**block, "pdb": str(PDB), "temperatures": [300, 600]})
