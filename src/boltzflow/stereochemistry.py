@@ -19,7 +19,8 @@ centre is well on its way to planar, which thermal motion at the target temperat
 rising to 640 kJ/mol in the mirror image. The ensemble is then that of the molecule as built at every
 temperature of a ladder; the check below stays, for MD that still inverts (a restraint too weak for a
 hotter ladder). It counts a centre as inverted once it is well on the mirror side (``INVERTED_CHIRALITY``),
-not at every thermal excursion a little past planar, which the restraint turns back within a frame.
+not at every thermal excursion a little past planar, which the restraint pushes back
+(``benchmarks/chirality_excursions.py`` measures how far centres stray).
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def handedness(positions: np.ndarray, centres: np.ndarray, neighbours: np.ndarra
 
 
 #: A centre counts as inverted where its chirality, in the reference's handedness, is below minus this: well
-#: on the mirror side (a mirror image has about -0.77), where the restraint costs at least 200 kJ/mol (20 kT at
-#: 1200 K). A centre just past planar is a thermal excursion, not an inversion: on the default ladder, ALA2 CB
-#: of the 1200 K replica reached -0.027 for one 0.1 ps frame and was back at +0.71 in the next; that frame
-#: stopped a 14-minute run when any sign change counted.
+#: on the mirror side (a mirror image has about -0.77), where the restraint of ``molecules.chirality_restraint``
+#: costs K (1 + 0.3/onset)², 200 kJ/mol with the shipped K = 50 and onset 0.3 (20 kT at 1200 K), and pushes
+#: back harder than the force field pulls on. A centre just past planar is a thermal excursion, not an
+#: inversion: on the default ladder, ALA2 CB of the 1200 K replica (run 3) reached -0.027 for one 0.1 ps frame
+#: and was back at +0.71 in the next; that frame stopped a 14-minute run when any sign change counted.
 INVERTED_CHIRALITY = 0.3
 
 

@@ -116,7 +116,8 @@ def inefficiency_observables(system, energy: np.ndarray, cv_values: dict[str, np
 
 def _first_inversion(molecule, positions_nm: np.ndarray) -> tuple[tuple[int, ...], str] | None:
     """(index of the first frame, label of the atom) where a tetrahedral centre of ``positions_nm``
-    ([..., atom, 3]) has the other handedness than in the molecule's PDB; None if none has."""
+    ([..., atom, 3]) is inverted against the molecule's PDB (well on the mirror side:
+    :func:`boltzflow.stereochemistry.first_inversion`); None if none is."""
     from boltzflow.molecules import atom_label
     from boltzflow.stereochemistry import first_inversion, tetrahedral_centres
 
@@ -142,8 +143,8 @@ def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: n
 
 
 def check_imported_stereochemistry(molecule, positions_nm: np.ndarray, where: str) -> None:
-    """Raise a one-line :class:`InputFileError` if a tetrahedral centre of imported frames ([frame, atom, 3]) has
-    the other handedness than in the system's PDB: the molecule's energy restrains every centre to the PDB's
+    """Raise a one-line :class:`InputFileError` if a tetrahedral centre of imported frames ([frame, atom, 3]) is
+    well on the mirror side of the system's PDB (:func:`boltzflow.stereochemistry.first_inversion`): the molecule's energy restrains every centre to the PDB's
     (:func:`boltzflow.molecules.chirality_restraint`), so such frames belong to another ensemble."""
     inversion = _first_inversion(molecule, positions_nm)
     if inversion is not None:
