@@ -19,8 +19,8 @@ trimmed ESS/N (Kish, normalized: (Σw)² / (N Σw²) over all N samples, zero-we
 reweighted ΔF of the second state against the first (no error bar here: the pipeline's reweight rule gives it
 with one), beside the anchors. MD force evaluations are the MD stage's (replica exchange: steps × replicas ×
 runs) and are not counted here. ``--set key=value`` overrides a flow setting in every scheme, after the scheme's
-own overrides (values are read as YAML and cast to the setting's type: ``--set steps=16000 learning_rate=5e-4``): a longer run of a scheme
-without a new entry in SCHEMES.
+own overrides (values are read as YAML and cast to the setting's type: ``--set steps=16000 learning_rate=5e-4``):
+a longer run of a scheme without a new entry in SCHEMES.
 """
 
 import argparse

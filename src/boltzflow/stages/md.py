@@ -144,8 +144,9 @@ def check_stereochemistry(system, molecule, positions_nm: np.ndarray, time_ps: n
 
 def check_imported_stereochemistry(molecule, positions_nm: np.ndarray, where: str) -> None:
     """Raise a one-line :class:`InputFileError` if a tetrahedral centre of imported frames ([frame, atom, 3]) is
-    well on the mirror side of the system's PDB (:func:`boltzflow.stereochemistry.first_inversion`): the molecule's energy restrains every centre to the PDB's
-    (:func:`boltzflow.molecules.chirality_restraint`), so such frames belong to another ensemble."""
+    well on the mirror side of the system's PDB (:func:`boltzflow.stereochemistry.first_inversion`): the
+    molecule's energy restrains every centre to the PDB's (:func:`boltzflow.molecules.chirality_restraint`), so
+    such frames belong to another ensemble."""
     inversion = _first_inversion(molecule, positions_nm)
     if inversion is not None:
         (frame,), atom = inversion
