@@ -22,6 +22,7 @@ import xarray as xr
 from matplotlib.colors import BoundaryNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogFormatter
 
 from boltzflow.estimator_table import ESTIMATORS, REFERENCE, label
 from boltzflow.settings import FigureSettings
@@ -292,6 +293,13 @@ def _reference_name(summary: xr.Dataset) -> str:
     return QUADRATURE if QUADRATURE in summary["estimator"].values else REFERENCE.name
 
 
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (30, 0.9), not 3×10¹ or 9e-01; LogFormatter picks which ticks."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:.3g}"
+
+
 def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, float],
                 settings: FigureSettings = DEFAULT_SETTINGS):
     """CPU seconds against the ΔF error and ESS/N, one row per estimator.
@@ -340,6 +348,10 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, f
         ax.set_xlabel("CPU seconds")
     ax_err.set_ylabel(f"RMS of ΔF − ΔF({label(reference)}) / kT")
     ax_ess.set_yscale("log")
+    # Over less than a decade the minor ticks are labelled too; as 3×10¹ they ran into each other.
+    for axis in (ax_err.xaxis, ax_ess.xaxis, ax_ess.yaxis):
+        axis.set_major_formatter(_PlainLogFormatter())
+        axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax_ess.set_ylabel("ESS / N")
     # The distinct MD costs as printed (replica exchange: target and ladder differ by the per-temperature jobs).
     md_costs = list(dict.fromkeys(f"{seconds:.3g}" for seconds in
