@@ -219,6 +219,20 @@ def test_cost_figure_adds_each_estimator_its_own_training_md():
     assert any("(1e+03 or 3e+03 s)" in text.get_text() for text in fig.legends[0].get_texts())
 
 
+def test_cost_figure_labels_its_log_axes_with_plain_numbers():
+    # Over less than a decade matplotlib labels the minor ticks as 3×10¹, 4×10¹, and they ran into each other.
+    summary = summary_dataset()
+    fig = cost_figure(summary, 1000.0, SETTINGS)
+    fig.canvas.draw()
+    ax_err, ax_ess = fig.axes[:2]
+    for axis in (ax_err.xaxis, ax_ess.xaxis, ax_ess.yaxis):
+        texts = [tick.get_text() for tick in axis.get_ticklabels(which="both") if tick.get_text()]
+        assert texts
+        for text in texts:
+            float(text)  # "30", "0.9"; not "$\\mathdefault{3\\times10^{1}}$" or "9e-01"
+            assert "e" not in text
+
+
 def test_the_training_md_of_a_model_that_learns_the_ladder_is_every_temperature_s():
     names = ["mbar", "flow", "flow_raw", "score_exact", "score_exact_raw", "flow_ladder", "flow_smc", "flow_mcmc",
              "score_smc"]

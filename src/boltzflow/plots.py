@@ -297,7 +297,7 @@ class _PlainLogFormatter(LogFormatter):
     """Log-axis labels as plain numbers (30, 0.9), not 3×10¹ or 9e-01; LogFormatter picks which ticks."""
 
     def _num_to_string(self, x, vmin, vmax):
-        return f"{x:.3g}"
+        return f"{x:.12g}"
 
 
 def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, float],
