@@ -216,21 +216,37 @@ def test_cost_figure_adds_each_estimator_its_own_training_md():
     open_points = [line for line in ax_err.lines if line.get_markerfacecolor() == "white"]
     for name, point in zip(MODELS, open_points):
         assert point.get_xdata()[0] == float(summary["cpu_seconds"].sel(estimator=name)) + seconds[name]
-    assert any("(1e+03 or 3e+03 s)" in text.get_text() for text in fig.legends[0].get_texts())
+    assert any("(1000 or 3000 s)" in text.get_text() for text in fig.legends[0].get_texts())
 
 
-def test_cost_figure_labels_its_log_axes_with_plain_numbers():
-    # Over less than a decade matplotlib labels the minor ticks as 3×10¹, 4×10¹, and they ran into each other.
+def _tick_value(text: str) -> float:
+    return float(text[:-1]) * {"k": 1e3, "M": 1e6}[text[-1]] if text[-1] in "kM" else float(text)
+
+
+@pytest.mark.parametrize(("seconds", "ess", "minor"), [
+    ((25.0, 60.0), (0.5, 0.9), True),  # under a decade: minor ticks labelled (3×10¹ 4×10¹ ran into each other)
+    ((4e4, 9e4), (0.55, 0.65), True),
+    ((1.0, 1e5), (1e-5, 1.0), False),  # a paper-scale run against a toy's MBAR; ESS/N down to 1e-5
+])
+def test_cost_figure_labels_its_log_axes_with_plain_numbers_that_do_not_collide(seconds, ess, minor):
     summary = summary_dataset()
-    fig = cost_figure(summary, 1000.0, SETTINGS)
+    summary["cpu_seconds"][:] = np.geomspace(*seconds, summary.sizes["estimator"])
+    summary["ess_fraction"][:] = np.geomspace(*ess, summary.sizes["estimator"])
+    fig = cost_figure(summary, 1e-9, SETTINGS)
     fig.canvas.draw()
     ax_err, ax_ess = fig.axes[:2]
     for axis in (ax_err.xaxis, ax_ess.xaxis, ax_ess.yaxis):
-        texts = [tick.get_text() for tick in axis.get_ticklabels(which="both") if tick.get_text()]
-        assert texts
-        for text in texts:
-            float(text)  # "30", "0.9"; not "$\\mathdefault{3\\times10^{1}}$" or "9e-01"
-            assert "e" not in text
+        lo, hi = sorted(axis.get_view_interval())
+        ticks = [(tick, tick.label1) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                 if tick.label1.get_text() and lo <= tick.get_loc() <= hi]
+        assert len(ticks) >= 2
+        if minor and axis is not ax_ess.yaxis:
+            assert any(tick in axis.get_minor_ticks() for tick, _ in ticks)
+        for tick, text in ticks:
+            assert "e" not in text.get_text() and "×" not in text.get_text()
+            assert _tick_value(text.get_text()) == pytest.approx(tick.get_loc())
+        boxes = sorted((text.get_window_extent() for _, text in ticks), key=lambda box: (box.x0, box.y0))
+        assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
 
 
 def test_the_training_md_of_a_model_that_learns_the_ladder_is_every_temperature_s():

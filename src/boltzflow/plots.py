@@ -293,11 +293,20 @@ def _reference_name(summary: xr.Dataset) -> str:
     return QUADRATURE if QUADRATURE in summary["estimator"].values else REFERENCE.name
 
 
-class _PlainLogFormatter(LogFormatter):
-    """Log-axis labels as plain numbers (30, 0.9), not 3×10¹ or 9e-01; LogFormatter picks which ticks."""
+def _plain_number(x: float) -> str:
+    """30, 0.9, 0.00001, 40k, 2M: no exponent, no float noise (0.30000000000000004), short above ten thousand."""
+    x = float(f"{x:.12g}")
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= max(scale, 1e4):
+            return f"{x / scale:.12g}{suffix}"
+    return np.format_float_positional(x, trim="-")
 
-    def _num_to_string(self, x, vmin, vmax):
-        return f"{x:.12g}"
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (30, 0.9, 40k), not 3×10¹ or 9e-01; LogFormatter picks which ticks."""
+
+    def __call__(self, x, pos=None):
+        return _plain_number(x) if super().__call__(x, pos) else ""
 
 
 def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, float],
@@ -354,12 +363,12 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, f
         axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax_ess.set_ylabel("ESS / N")
     # The distinct MD costs as printed (replica exchange: target and ladder differ by the per-temperature jobs).
-    md_costs = list(dict.fromkeys(f"{seconds:.3g}" for seconds in
+    md_costs = list(dict.fromkeys(_plain_number(float(f"{seconds:.3g}")) for seconds in
                                   sorted(training_md_seconds[name] for name in names if name != REFERENCE.name)))
     key = [Line2D([], [], ls="none", marker="o", color="0.3", label="model only (training, sampling, reweighting)"),
            Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
                   label="model + MD it trains on" + (f" ({' or '.join(md_costs)} s)" if md_costs else "")),
-           Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({mbar_cost:.3g} s)")]
+           Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({_plain_number(float(f'{mbar_cost:.3g}'))} s)")]
     handles, _ = ax_err.get_legend_handles_labels()
     fig.legend(handles=handles + key, loc="outside right upper", frameon=False, fontsize=8)
     return fig
