@@ -293,9 +293,10 @@ def _reference_name(summary: xr.Dataset) -> str:
     return QUADRATURE if QUADRATURE in summary["estimator"].values else REFERENCE.name
 
 
-def _plain_number(x: float) -> str:
-    """30, 0.9, 0.00001, 40k, 2M: no exponent, no float noise (0.30000000000000004), short above ten thousand."""
-    x = float(f"{x:.12g}")
+def _plain_number(x: float, significant: int = 12) -> str:
+    """30, 0.9, 0.00001, 40k, 2M to ``significant`` digits: no exponent, no float noise (0.30000000000000004),
+    short above ten thousand."""
+    x = float(f"{x:.{significant}g}")
     for scale, suffix in ((1e6, "M"), (1e3, "k")):
         if abs(x) >= max(scale, 1e4):
             return f"{x / scale:.12g}{suffix}"
@@ -363,12 +364,12 @@ def cost_figure(summary: xr.Dataset, training_md_seconds: float | Mapping[str, f
         axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax_ess.set_ylabel("ESS / N")
     # The distinct MD costs as printed (replica exchange: target and ladder differ by the per-temperature jobs).
-    md_costs = list(dict.fromkeys(_plain_number(float(f"{seconds:.3g}")) for seconds in
+    md_costs = list(dict.fromkeys(_plain_number(seconds, 3) for seconds in
                                   sorted(training_md_seconds[name] for name in names if name != REFERENCE.name)))
     key = [Line2D([], [], ls="none", marker="o", color="0.3", label="model only (training, sampling, reweighting)"),
            Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3",
                   label="model + MD it trains on" + (f" ({' or '.join(md_costs)} s)" if md_costs else "")),
-           Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({_plain_number(float(f'{mbar_cost:.3g}'))} s)")]
+           Line2D([], [], ls=":", color="k", label=f"MD + MBAR ({_plain_number(mbar_cost, 3)} s)")]
     handles, _ = ax_err.get_legend_handles_labels()
     fig.legend(handles=handles + key, loc="outside right upper", frameon=False, fontsize=8)
     return fig
